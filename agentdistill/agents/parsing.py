@@ -1,0 +1,73 @@
+"""Turn a model's free text into one environment action.
+
+Small models wrap actions in quotes, backticks, markdown, numbering, trailing prose, or forget the
+`Action:` prefix. We take the most plausible command line, clean it, and, when the env can list
+admissible actions, snap it to the closest one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+
+_ACTION = re.compile(r"^\s*(?:\**\s*)?action\s*(?:\d+\s*)?\**\s*[:=]\s*(.*)$", re.IGNORECASE)
+_THOUGHT = re.compile(r"^\s*(?:\**\s*)?(?:thought|think|reasoning)\s*\**\s*[:=]\s*(.*)$", re.IGNORECASE)
+_LABEL = re.compile(r"^\s*(?:observation|task|goal)\s*:", re.IGNORECASE)
+_LEADING = re.compile(r"^(?:[-*>•]+\s*|\d+[.)]\s*|>\s*)+")
+MAX_ACTION_CHARS = 200
+
+
+@dataclass
+class ParsedAction:
+    action: str
+    thought: str | None
+    matched: bool = False  # snapped to an admissible action
+
+
+def clean(text: str) -> str:
+    text = text.strip().strip("`").strip()
+    text = _LEADING.sub("", text)
+    text = text.strip().strip("\"'`*<>[]").strip()
+    text = re.sub(r"\s+", " ", text)
+    return text.rstrip(".!;,").strip()[:MAX_ACTION_CHARS]
+
+
+def _candidate_lines(text: str) -> tuple[str | None, str | None]:
+    """(action text, thought text) from the raw output, before cleaning."""
+    text = text.replace("```", "\n")
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    thought = None
+    for ln in lines:
+        m = _THOUGHT.match(ln)
+        if m and m.group(1).strip():
+            thought = m.group(1).strip()
+            break
+    for ln in reversed(lines):  # the last Action: line wins (models often restate)
+        m = _ACTION.match(ln)
+        if m and m.group(1).strip():
+            return m.group(1), thought
+    for ln in lines:  # no label: the first line that is not a thought or a restated observation
+        if not _THOUGHT.match(ln) and not _LABEL.match(ln):
+            return ln, thought
+    return None, thought
+
+
+def snap(action: str, admissible: list[str], cutoff: float = 0.6) -> str | None:
+    if not admissible:
+        return None
+    lower = {a.lower(): a for a in admissible}
+    if action.lower() in lower:
+        return lower[action.lower()]
+    best = difflib.get_close_matches(action.lower(), list(lower), n=1, cutoff=cutoff)
+    return lower[best[0]] if best else None
+
+
+def parse_action(text: str, admissible: list[str] | None = None, cutoff: float = 0.6) -> ParsedAction:
+    raw, thought = _candidate_lines(text or "")
+    action = clean(raw) if raw else ""
+    if admissible and action:
+        snapped = snap(action, admissible, cutoff)
+        if snapped is not None:
+            return ParsedAction(snapped, thought, matched=True)
+    return ParsedAction(action, thought)

@@ -1,0 +1,151 @@
+"""Policies: what acts in an episode. Each returns an action plus the raw model calls behind it."""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentdistill.agents.parsing import parse_action
+from agentdistill.envs.base import Env, Task
+from agentdistill.models import ChatModel, Message, call_record
+
+
+@dataclass
+class Turn:
+    observation: str
+    action: str
+    thought: str | None = None
+
+
+@dataclass
+class EpisodeContext:
+    task: Task
+    goal: str
+    observation: str  # the current one, not yet acted on
+    history: list[Turn]
+    env: Env
+
+
+@dataclass
+class Decision:
+    action: str
+    answered_by: str
+    thought: str | None = None
+    raw_output: str | None = None
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(c["prompt_tokens"] for c in self.calls)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(c["completion_tokens"] for c in self.calls)
+
+    @property
+    def cost(self) -> float:
+        return sum(c["cost"] for c in self.calls)
+
+    @property
+    def latency(self) -> float:
+        return sum(c["latency"] for c in self.calls)
+
+
+class EpisodeOver(Exception):
+    """The policy has nothing more to do (e.g. the expert's gold path is exhausted)."""
+
+
+class Policy(ABC):
+    id: str
+    model_id: str | None = None
+    sampling: dict[str, Any] = {}
+
+    @abstractmethod
+    async def act(self, ctx: EpisodeContext) -> Decision: ...
+
+
+class ExpertPolicy(Policy):
+    """The environment's own expert (ScienceWorld's gold path, ALFWorld's planner): an offline teacher."""
+
+    id = "expert"
+
+    async def act(self, ctx: EpisodeContext) -> Decision:
+        action = await asyncio.to_thread(ctx.env.expert_action)
+        if action is None:
+            raise EpisodeOver("the expert has no further action")
+        return Decision(action=action, answered_by="expert")
+
+
+SYSTEM_PROMPT = """You are an agent acting in a text environment: {env_description}.
+{action_help}
+Each turn you see an observation. Reply with exactly two lines:
+Thought: <one short sentence about what to do next>
+Action: <one command>"""
+
+
+class LLMPolicy(Policy):
+    """ReAct-style: goal and a window of recent (observation, action) turns; one action per call."""
+
+    def __init__(
+        self,
+        model: ChatModel,
+        temperature: float = 0.0,
+        max_tokens: int = 64,
+        n: int = 1,
+        history: int = 6,
+        match_admissible: bool = True,
+        system_prompt: str = SYSTEM_PROMPT,
+    ):
+        self.model = model
+        self.model_id = model.id
+        self.id = f"llm:{model.id}"
+        self.temperature, self.max_tokens, self.n = temperature, max_tokens, n
+        self.history = history
+        self.match_admissible = match_admissible
+        self.system_prompt = system_prompt
+        self.sampling = {"temperature": temperature, "max_tokens": max_tokens, "n": n, "history": history}
+
+    def messages(self, ctx: EpisodeContext) -> list[Message]:
+        env = ctx.env
+        system = self.system_prompt.format(env_description=env.description, action_help=env.action_help)
+        msgs: list[Message] = [{"role": "system", "content": system}]
+        turns = ctx.history[-self.history :] if self.history > 0 else []
+        omitted = len(ctx.history) - len(turns)
+        head = f"Task: {ctx.goal}\n"
+        if omitted:
+            head += f"({omitted} earlier steps omitted)\n"
+        for i, turn in enumerate(turns):
+            msgs.append({"role": "user", "content": (head if i == 0 else "") + f"Observation: {turn.observation}"})
+            thought = f"Thought: {turn.thought}\n" if turn.thought else ""
+            msgs.append({"role": "assistant", "content": f"{thought}Action: {turn.action}"})
+        msgs.append({"role": "user", "content": (head if not turns else "") + f"Observation: {ctx.observation}"})
+        return msgs
+
+    async def act(self, ctx: EpisodeContext) -> Decision:
+        msgs = self.messages(ctx)
+        params = {"n": self.n, "temperature": self.temperature, "max_tokens": self.max_tokens, "stop": ["\nObservation"]}
+        completions = await self.model.acomplete(msgs, **params)
+        admissible = await asyncio.to_thread(ctx.env.admissible_actions) if self.match_admissible else None
+        parsed = [parse_action(c.text, admissible) for c in completions]
+        # with n > 1 samples, act on the most common action (self-consistency)
+        actions = [p.action for p in parsed if p.action]
+        best = max(set(actions), key=actions.count) if actions else ""
+        chosen = next((p for p in parsed if p.action == best), parsed[0])
+        info: dict[str, Any] = {"matched_admissible": chosen.matched}
+        if len(parsed) > 1:
+            info["samples"] = [p.action for p in parsed]
+            info["agreement"] = actions.count(best) / len(parsed) if actions else 0.0
+        if not best:
+            best = ctx.env.fallback_action
+            info["parse_failed"] = True
+        return Decision(
+            action=best,
+            answered_by=self.model.id,
+            thought=chosen.thought,
+            raw_output=completions[parsed.index(chosen)].text,
+            calls=[call_record(self.model.id, msgs, params, completions)],
+            info=info,
+        )

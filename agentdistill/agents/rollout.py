@@ -1,0 +1,83 @@
+"""Recipe -> policies, plan and runner: what `agentdistill run` and `collect` execute."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+
+from agentdistill.agents.policies import ExpertPolicy, LLMPolicy, Policy
+from agentdistill.agents.runner import EnvPool, EpisodeSpec, Runner, make_plan
+from agentdistill.config import PolicySpec, Recipe, parse_recipe
+from agentdistill.envs import Env, Task, make
+from agentdistill.errors import AgentDistillError
+from agentdistill.models import make_model
+from agentdistill.models.cost import Price
+from agentdistill.store.store import Store
+
+
+def build_policy(spec: PolicySpec) -> Policy:
+    if spec.policy == "expert":
+        return ExpertPolicy()
+    options: dict = {}
+    if spec.price:
+        options["price"] = Price(spec.price.input_per_mtok, spec.price.output_per_mtok)
+    if not spec.model.startswith("local/"):
+        options.update(api_base=spec.api_base, api_key_env=spec.api_key_env)
+    model = make_model(spec.model, **options)
+    return LLMPolicy(
+        model,
+        temperature=spec.temperature,
+        max_tokens=spec.max_tokens,
+        n=spec.n,
+        history=spec.history,
+        match_admissible=spec.match_admissible,
+    )
+
+
+def select_tasks(env: Env, recipe: Recipe) -> list[Task]:
+    by_name: dict[str, list[Task]] = defaultdict(list)
+    for t in env.tasks(recipe.env.split, recipe.env.tasks):
+        by_name[t.name].append(t)
+    n = recipe.env.variations
+    tasks = [t for group in by_name.values() for t in (group[:n] if n else group)]
+    if not tasks:
+        raise AgentDistillError(f"no {recipe.env.name} tasks in split {recipe.env.split!r} for this recipe")
+    return tasks
+
+
+def plan_for(env: Env, recipe: Recipe) -> list[EpisodeSpec]:
+    return make_plan(list(recipe.roles()), select_tasks(env, recipe), recipe.runner.seeds)
+
+
+def run_recipe(store: Store, recipe: Recipe, *, progress: bool = True) -> str:
+    """Start a new run for the recipe and execute it; returns the run id."""
+    policies = {role: build_policy(spec) for role, spec in recipe.roles().items()}  # fail before creating a run
+    run_id = store.create_run(recipe.name, recipe.model_dump(mode="json"))
+    _execute(store, run_id, recipe, policies, progress)
+    return run_id
+
+
+def resume_run(store: Store, run_id: str, *, progress: bool = True) -> str:
+    """Finish a crashed or interrupted run without duplicating its finished episodes."""
+    run = store.get_run(run_id)
+    recipe = parse_recipe(run.recipe, f"recipe stored with run {run.id}")
+    policies = {role: build_policy(spec) for role, spec in recipe.roles().items()}
+    store.set_run_status(run.id, "running")
+    _execute(store, run.id, recipe, policies, progress)
+    return run.id
+
+
+def _execute(store: Store, run_id: str, recipe: Recipe, policies: dict[str, Policy], progress: bool) -> None:
+    first = make(recipe.env.name, **recipe.env.options)
+    pool = EnvPool(lambda: make(recipe.env.name, **recipe.env.options), recipe.runner.concurrency, first)
+    try:
+        plan = plan_for(first, recipe)
+        max_steps = {role: spec.max_steps or recipe.runner.max_steps for role, spec in recipe.roles().items()}
+        runner = Runner(store, run_id, policies, max_steps)
+        asyncio.run(runner.run(plan, pool, recipe.runner.concurrency, progress=progress))
+        store.set_run_status(run_id, "done")
+    except BaseException:
+        store.set_run_status(run_id, "error")
+        raise
+    finally:
+        pool.close()

@@ -1,0 +1,198 @@
+"""Async rollout runner: policies x env x tasks -> the store.
+
+Many episodes run at once under a concurrency limit, each on an env instance from a pool (one
+instance per concurrent episode; envs like ScienceWorld are a JVM each). Every step is committed
+before the next action is chosen. An episode whose env or model fails is recorded as an error and
+the run goes on. The plan (which episodes a run holds) is a pure function of the recipe, so
+`--resume` can finish a crashed run: finished episodes are skipped, an interrupted one continues
+after its stored steps are replayed (or restarts, if the env does not reproduce them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from agentdistill.agents.policies import EpisodeContext, EpisodeOver, Policy, Turn
+from agentdistill.envs.base import Env, Task
+from agentdistill.models.litellm_backend import redact
+from agentdistill.store.store import StepRecord, Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EpisodeSpec:
+    plan_index: int
+    role: str
+    task: Task
+    seed: int
+
+
+def make_plan(roles: list[str], tasks: list[Task], seeds: list[int]) -> list[EpisodeSpec]:
+    specs = [(role, task, seed) for role in roles for task in tasks for seed in seeds]
+    return [EpisodeSpec(i, r, t, s) for i, (r, t, s) in enumerate(specs)]
+
+
+class EnvPool:
+    """Up to `size` env instances, created lazily in worker threads; a failed env is replaced."""
+
+    def __init__(self, factory: Callable[[], Env], size: int, first: Env | None = None):
+        self.factory = factory
+        self._free: asyncio.Queue[Env | None] = asyncio.Queue()
+        for i in range(size):
+            self._free.put_nowait(first if i == 0 else None)
+        self._all: list[Env] = [first] if first else []
+
+    async def acquire(self) -> Env:
+        env = await self._free.get()
+        if env is None:
+            env = await asyncio.to_thread(self.factory)
+            self._all.append(env)
+        return env
+
+    def release(self, env: Env, broken: bool = False) -> None:
+        if broken:
+            self._all.remove(env)
+            env.close()
+            self._free.put_nowait(None)
+        else:
+            self._free.put_nowait(env)
+
+    def close(self) -> None:
+        for env in self._all:
+            env.close()
+        self._all.clear()
+
+
+class Runner:
+    def __init__(self, store: Store, run_id: str, policies: dict[str, Policy], max_steps: dict[str, int]):
+        self.store = store
+        self.run_id = run_id
+        self.policies = policies
+        self.max_steps = max_steps  # per role
+
+    async def run(self, plan: list[EpisodeSpec], pool: EnvPool, concurrency: int, progress: bool = True) -> None:
+        existing = self.store.episodes_by_plan(self.run_id)
+        todo = [s for s in plan if s.plan_index not in existing or existing[s.plan_index].status == "running"]
+        sem = asyncio.Semaphore(concurrency)
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            disable=not progress,
+        ) as bar:
+            job = bar.add_task("episodes", total=len(plan), completed=len(plan) - len(todo))
+
+            async def one(spec: EpisodeSpec) -> None:
+                async with sem:
+                    prior = existing.get(spec.plan_index)
+                    await self._episode(spec, pool, prior.id if prior else None)
+                    bar.advance(job)
+
+            await asyncio.gather(*(one(s) for s in todo))
+
+    async def _episode(self, spec: EpisodeSpec, pool: EnvPool, episode_id: int | None) -> None:
+        policy = self.policies[spec.role]
+        env = await pool.acquire()
+        broken = False
+        t0 = time.perf_counter()
+        task = spec.task
+        if episode_id is None:
+            episode_id = self.store.start_episode(
+                self.run_id,
+                spec.plan_index,
+                self.store.task_id(task.env, task.name, task.variation, task.split),
+                role=spec.role,
+                policy_id=policy.id,
+                model=policy.model_id,
+                sampling=policy.sampling,
+                seed=spec.seed,
+            )
+        last_info: dict[str, Any] = {}
+        try:
+            obs = await asyncio.to_thread(env.reset, task, spec.seed)
+            self.store.task_id(task.env, task.name, task.variation, task.split, goal=obs.goal)
+            history, current, done, last_info = await self._replay(env, task, spec.seed, episode_id, obs.text)
+            while not done and len(history) < self.max_steps[spec.role]:
+                ctx = EpisodeContext(task, obs.goal, current, history, env)
+                try:
+                    decision = await policy.act(ctx)
+                except EpisodeOver:
+                    break
+                try:
+                    result = await asyncio.to_thread(env.step, decision.action)
+                except Exception:
+                    broken = True
+                    raise
+                self.store.add_step(
+                    episode_id,
+                    StepRecord(
+                        idx=len(history),
+                        observation=current,
+                        action=decision.action,
+                        reward=result.reward,
+                        done=result.done,
+                        next_observation=result.observation,
+                        thought=decision.thought,
+                        raw_output=decision.raw_output,
+                        info={**result.info, **decision.info},
+                        answered_by=decision.answered_by,
+                        prompt_tokens=decision.prompt_tokens,
+                        completion_tokens=decision.completion_tokens,
+                        cost=decision.cost,
+                        latency=decision.latency,
+                        calls=decision.calls,
+                    ),
+                )
+                history.append(Turn(current, decision.action, decision.thought))
+                current, done, last_info = result.observation, result.done, result.info
+            self.store.finish_episode(
+                episode_id,
+                status="done",
+                success=bool(last_info.get("won", False)),
+                score=last_info.get("score"),
+                wall_time=time.perf_counter() - t0,
+            )
+        except Exception as e:  # recorded, and the run goes on
+            log.warning("episode %s (%s) failed: %s", spec.plan_index, task.key, e)
+            self.store.finish_episode(
+                episode_id,
+                status="error",
+                success=False,
+                error=redact(f"{type(e).__name__}: {e}")[:4000],
+                wall_time=time.perf_counter() - t0,
+            )
+        finally:
+            pool.release(env, broken=broken)
+
+    async def _replay(self, env: Env, task: Task, seed: int, episode_id: int, first_obs: str):
+        """Bring an interrupted episode's env back to its last stored step.
+
+        Returns (history, current observation, done, last info). If the env does not reproduce the
+        stored observations, the partial episode is discarded and starts over.
+        """
+        stored = self.store.steps(episode_id)
+        history: list[Turn] = []
+        current, done, info = first_obs, False, {}
+        for st in stored:
+            if st.observation != current:
+                break
+            result = await asyncio.to_thread(env.step, st.action)
+            if result.observation != st.next_observation:
+                break
+            history.append(Turn(st.observation, st.action, st.thought))
+            current, done, info = result.observation, result.done, result.info
+        else:
+            return history, current, done, info
+        log.info("episode %s: env did not reproduce its stored steps; restarting it", episode_id)
+        self.store.restart_episode(episode_id)
+        obs = await asyncio.to_thread(env.reset, task, seed)
+        return [], obs.text, False, {}

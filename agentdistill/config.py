@@ -1,0 +1,119 @@
+"""Recipes: TOML files validated by pydantic. Bad input gets one line naming the field and the fix."""
+
+from __future__ import annotations
+
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agentdistill.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PriceSpec(_Strict):
+    input_per_mtok: float = Field(0.0, ge=0)
+    output_per_mtok: float = Field(0.0, ge=0)
+
+
+class PolicySpec(_Strict):
+    policy: Literal["expert", "llm"] = "llm"
+    model: str | None = None  # litellm id or local/<name-or-path>; required for policy = "llm"
+    api_base: str | None = None  # OpenAI-compatible server, e.g. http://localhost:8000/v1
+    api_key_env: str | None = None  # name of the env var holding the key (never the key itself)
+    temperature: float = Field(0.0, ge=0, le=2)
+    max_tokens: int = Field(64, gt=0, le=32768)
+    n: int = Field(1, ge=1, le=64)
+    history: int = Field(6, ge=0)
+    match_admissible: bool = True
+    max_steps: int | None = Field(None, ge=1)  # overrides runner.max_steps for this role
+    price: PriceSpec | None = None
+
+    @model_validator(mode="after")
+    def _model_matches_policy(self) -> PolicySpec:
+        if self.policy == "llm" and not self.model:
+            raise ValueError('policy "llm" needs a model, e.g. model = "local/smollm2-135m"')
+        if self.policy == "expert" and self.model:
+            raise ValueError('policy "expert" uses the environment\'s own expert: remove model')
+        if self.model:
+            from agentdistill.models import check_model_id
+
+            check_model_id(self.model, self.api_base)
+        return self
+
+
+class EnvSpec(_Strict):
+    name: str = "scienceworld"
+    split: str = "test"
+    tasks: list[str] | None = None  # None: every task of the env
+    variations: int | None = Field(2, ge=1)  # first N variations of each task in the split; None: all
+    options: dict[str, Any] = {}  # passed to the env constructor
+
+    @model_validator(mode="after")
+    def _known_env(self) -> EnvSpec:
+        from agentdistill.envs import names
+
+        if self.name not in names():
+            raise ValueError(f"unknown environment {self.name!r}: choose one of {', '.join(names())}")
+        return self
+
+
+class RunnerSpec(_Strict):
+    concurrency: int = Field(2, ge=1, le=256)
+    max_steps: int = Field(30, ge=1)
+    seeds: list[int] = [0]
+
+
+class Recipe(_Strict):
+    name: str = "run"
+    env: EnvSpec = EnvSpec()
+    teacher: PolicySpec | None = None
+    student: PolicySpec | None = None
+    runner: RunnerSpec = RunnerSpec()
+
+    @model_validator(mode="after")
+    def _some_role(self) -> Recipe:
+        if self.teacher is None and self.student is None:
+            raise ValueError("a recipe needs a [teacher] or a [student] table")
+        return self
+
+    def roles(self) -> dict[str, PolicySpec]:
+        return {r: s for r, s in (("teacher", self.teacher), ("student", self.student)) if s is not None}
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    e = err.errors()[0]
+    where = ".".join(str(p) for p in e["loc"]) or "recipe"
+    msg = e["msg"].removeprefix("Value error, ")
+    if e["type"] == "extra_forbidden":
+        msg = "unknown field: remove it or check its spelling"
+    extra = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
+    return f"{source}: {where}: {msg}{extra}"
+
+
+def parse_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_one_line(e, source)) from None
+
+
+def load_recipe(path: str | Path | None = None) -> Recipe:
+    """A recipe file, or the embedded default recipe when `path` is None."""
+    if path is None:
+        text, source = resources.files("agentdistill.recipes").joinpath("default.toml").read_text(), "default recipe"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"recipe {p} not found: pass a TOML file (see `agentdistill run --help`)")
+        text, source = p.read_text(), str(p)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{source}: not valid TOML ({e}): fix the syntax") from None
+    return parse_recipe(data, source)

@@ -1,0 +1,97 @@
+"""The Env seam: gymnasium-like, text first (see DESIGN.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Task:
+    env: str
+    name: str
+    variation: int = 0
+    split: str = "test"
+
+    @property
+    def key(self) -> str:
+        return f"{self.env}:{self.name}:{self.variation}"
+
+
+@dataclass
+class Observation:
+    text: str
+    goal: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class StepResult:
+    observation: str
+    reward: float
+    done: bool
+    info: dict[str, Any] = field(default_factory=dict)  # always carries `score` and `won`
+
+
+@dataclass
+class Requirement:
+    """One thing an env needs, how to check it, and how to get it."""
+
+    what: str
+    ok: bool
+    fix: str = ""
+
+
+def python_package(module: str, pip_name: str) -> Requirement:
+    ok = importlib.util.find_spec(module) is not None
+    return Requirement(f"python package {pip_name}", ok, f"pip install {pip_name}")
+
+
+def java(min_major: int) -> Requirement:
+    what = f"Java {min_major}+ runtime"
+    fix = f"apt-get install openjdk-{min_major}-jre-headless"
+    exe = shutil.which("java")
+    if not exe:
+        return Requirement(what, False, fix)
+    out = subprocess.run([exe, "-version"], capture_output=True, text=True).stderr
+    try:
+        major = int(out.split('"')[1].split(".")[0])
+    except (IndexError, ValueError):
+        return Requirement(what, False, f"could not read `java -version`; {fix}")
+    return Requirement(f"{what} (found {major})", major >= min_major, fix)
+
+
+class Env(ABC):
+    """One environment instance: one episode at a time. The runner pools instances for concurrency."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    action_help: ClassVar[str] = ""  # shown to LLM policies: the action syntax of this env
+    fallback_action: ClassVar[str] = "look"  # sent when a model's output holds no action at all
+
+    @classmethod
+    @abstractmethod
+    def requirements(cls) -> list[Requirement]: ...
+
+    @abstractmethod
+    def tasks(self, split: str) -> list[Task]: ...
+
+    @abstractmethod
+    def reset(self, task: Task, seed: int = 0) -> Observation: ...
+
+    @abstractmethod
+    def step(self, action: str) -> StepResult: ...
+
+    def admissible_actions(self) -> list[str] | None:
+        return None
+
+    def expert_action(self) -> str | None:
+        """The env's own expert's next action (gold path, planner), or None if it has none."""
+        return None
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,161 @@
+"""Every API provider (openai/, anthropic/, ...) and any OpenAI-compatible server (api_base), via litellm."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import re
+import time
+from typing import Any
+
+from agentdistill.errors import ModelError
+from agentdistill.models.base import ChatModel, Completion, Message
+from agentdistill.models.cost import Price, resolve_price
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network fetch at import
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
+_SECRET_ENV = re.compile(r"(API_KEY|TOKEN|SECRET)$")
+
+
+def redact(text: str) -> str:
+    """Remove any secret from the environment from a message before it is logged or stored."""
+    for name, value in os.environ.items():
+        if _SECRET_ENV.search(name) and value and len(value) >= 8:
+            text = text.replace(value, "***")
+    return re.sub(r"\b(sk-[A-Za-z0-9_-]{8})[A-Za-z0-9_-]+", r"\1***", text)
+
+
+def is_retryable(exc: BaseException) -> bool:
+    import litellm
+
+    transient = (
+        litellm.exceptions.RateLimitError,
+        litellm.exceptions.Timeout,
+        litellm.exceptions.APIConnectionError,
+        litellm.exceptions.InternalServerError,
+        litellm.exceptions.ServiceUnavailableError,
+    )
+    if isinstance(exc, transient):
+        return True
+    return getattr(exc, "status_code", None) in RETRYABLE_STATUS
+
+
+class LiteLLMModel(ChatModel):
+    def __init__(
+        self,
+        model_id: str,
+        api_base: str | None = None,
+        api_key_env: str | None = None,
+        timeout: float = 120.0,
+        max_retries: int = 6,
+        backoff_base: float = 1.0,
+        backoff_max: float = 60.0,
+        price: Price | None = None,
+        extra: dict[str, Any] | None = None,
+    ):
+        import litellm
+
+        litellm.suppress_debug_info = True
+        litellm.drop_params = True  # providers that reject a parameter (e.g. n) get it dropped; we top up
+        self.id = model_id
+        self.api_base = api_base
+        self.api_key_env = api_key_env
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.price = resolve_price(model_id, price)
+        self.extra = extra or {}
+
+    def _kwargs(self, messages, n, temperature, max_tokens, stop) -> dict[str, Any]:
+        kw: dict[str, Any] = dict(
+            model=self.id,
+            messages=messages,
+            n=n,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            timeout=self.timeout,
+            num_retries=0,  # retries are ours, so that backoff is uniform and visible
+            **self.extra,
+        )
+        if stop:
+            kw["stop"] = stop
+        if self.api_base:
+            kw["api_base"] = self.api_base
+            kw.setdefault("api_key", "none")  # OpenAI-compatible servers often need no key
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+            if not key:
+                raise ModelError(f"model {self.id}: environment variable {self.api_key_env} is not set")
+            kw["api_key"] = key
+        return kw
+
+    def _parse(self, resp: Any, latency: float) -> list[Completion]:
+        usage = getattr(resp, "usage", None)
+        prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
+        completion_total = int(getattr(usage, "completion_tokens", 0) or 0)
+        choices = resp.choices
+        per = completion_total // max(len(choices), 1)
+        # the prompt is paid once per call: spread its cost evenly over the samples
+        prompt_share = self.price.cost(prompt, 0) / max(len(choices), 1)
+        return [
+            Completion(
+                text=c.message.content or "",
+                model=self.id,
+                prompt_tokens=prompt,
+                completion_tokens=per,
+                cost=prompt_share + self.price.cost(0, per),
+                latency=latency,
+                finish_reason=getattr(c, "finish_reason", None),
+            )
+            for c in choices
+        ]
+
+    def _delay(self, attempt: int) -> float:
+        return min(self.backoff_max, self.backoff_base * 2**attempt) * (0.5 + random.random() / 2)
+
+    def _fail(self, exc: BaseException, attempts: int) -> ModelError:
+        status = getattr(exc, "status_code", None)
+        what = f"HTTP {status}" if status else type(exc).__name__
+        return ModelError(redact(f"model {self.id} failed after {attempts} attempt(s) ({what}): {exc}"))
+
+    def complete(self, messages: list[Message], n=1, temperature=0.0, max_tokens=256, stop=None):
+        import litellm
+
+        out: list[Completion] = []
+        while len(out) < n:  # servers that ignore n return fewer choices: ask again for the rest
+            for attempt in range(self.max_retries + 1):
+                t0 = time.perf_counter()
+                try:
+                    resp = litellm.completion(**self._kwargs(messages, n - len(out), temperature, max_tokens, stop))
+                    break
+                except Exception as e:
+                    if attempt == self.max_retries or not is_retryable(e):
+                        raise self._fail(e, attempt + 1) from None
+                    log.warning("model %s: %s, retrying", self.id, redact(type(e).__name__))
+                    time.sleep(self._delay(attempt))
+            out += self._parse(resp, time.perf_counter() - t0)
+        return out[:n]
+
+    async def acomplete(self, messages: list[Message], n=1, temperature=0.0, max_tokens=256, stop=None):
+        import litellm
+
+        out: list[Completion] = []
+        while len(out) < n:
+            for attempt in range(self.max_retries + 1):
+                t0 = time.perf_counter()
+                try:
+                    kw = self._kwargs(messages, n - len(out), temperature, max_tokens, stop)
+                    resp = await litellm.acompletion(**kw)
+                    break
+                except Exception as e:
+                    if attempt == self.max_retries or not is_retryable(e):
+                        raise self._fail(e, attempt + 1) from None
+                    log.warning("model %s: %s, retrying", self.id, redact(type(e).__name__))
+                    await asyncio.sleep(self._delay(attempt))
+            out += self._parse(resp, time.perf_counter() - t0)
+        return out[:n]

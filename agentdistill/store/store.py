@@ -1,0 +1,236 @@
+"""The Store: the one hub every component reads from and writes to.
+
+Writes are small transactions committed as they happen (a step is committed before the next action
+is chosen), so a crash loses at most the step in flight.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from agentdistill.errors import AgentDistillError
+from agentdistill.store import db
+from agentdistill.store.models import Base, Episode, ModelCall, Run, Step, Task, utcnow
+
+
+@dataclass
+class StepRecord:
+    """What the runner hands the store for one step (plain data: no ORM state)."""
+
+    idx: int
+    observation: str
+    action: str
+    reward: float = 0.0
+    done: bool = False
+    next_observation: str | None = None
+    thought: str | None = None
+    raw_output: str | None = None
+    info: dict[str, Any] | None = None
+    answered_by: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    latency: float = 0.0
+    calls: Sequence[dict[str, Any]] = ()  # ModelCall column values
+
+    def row(self, episode_id: int) -> dict[str, Any]:
+        return {
+            "episode_id": episode_id,
+            "idx": self.idx,
+            "observation": self.observation,
+            "action": self.action,
+            "thought": self.thought,
+            "raw_output": self.raw_output,
+            "reward": self.reward,
+            "done": self.done,
+            "next_observation": self.next_observation,
+            "info": self.info or {},
+            "answered_by": self.answered_by,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cost": self.cost,
+            "latency": self.latency,
+        }
+
+
+class Store:
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, url_or_path: str | None = None, *, migrate_fresh: bool = True) -> Store:
+        """Open the store. A fresh database is created at the newest schema; an older schema must
+        be upgraded explicitly (`agentdistill db upgrade`), so production databases never migrate
+        behind the user's back."""
+        engine = db.make_engine(db.resolve_url(url_or_path))
+        current, head = db.current_revision(engine), db.head_revision()
+        if current is None and migrate_fresh:
+            db.upgrade(engine)
+        elif current != head:
+            raise AgentDistillError(
+                f"store schema is at revision {current}, this agentdistill needs {head}: "
+                "run `agentdistill db upgrade` (back up the database first)"
+            )
+        return cls(engine)
+
+    def session(self) -> Session:
+        return self._sessions()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---- runs -----------------------------------------------------------------------------------
+    def create_run(self, name: str, recipe: dict[str, Any], kind: str = "rollout") -> str:
+        run_id = uuid.uuid4().hex[:12]
+        with self.session() as s, s.begin():
+            s.add(Run(id=run_id, name=name, kind=kind, recipe=recipe, status="running"))
+        return run_id
+
+    def get_run(self, run_id: str) -> Run:
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                # allow an unambiguous prefix, like git
+                found = s.scalars(select(Run).where(Run.id.startswith(run_id))).all()
+                if len(found) != 1:
+                    raise AgentDistillError(f"no run {run_id!r} in the store: see `agentdistill runs list`")
+                run = found[0]
+            return run
+
+    def set_run_status(self, run_id: str, status: str) -> None:
+        with self.session() as s, s.begin():
+            run = s.get(Run, run_id)
+            run.status = status
+            run.finished_at = utcnow() if status != "running" else None
+
+    def list_runs(self, limit: int = 50) -> list[dict[str, Any]]:
+        with self.session() as s:
+            q = (
+                select(
+                    Run,
+                    func.count(Episode.id),
+                    func.sum(Episode.status == "done"),
+                    func.sum(Episode.success == True),  # noqa: E712 (SQL expression)
+                )
+                .outerjoin(Episode)
+                .group_by(Run.id)
+                .order_by(Run.created_at.desc())
+                .limit(limit)
+            )
+            return [
+                {"run": r, "episodes": n, "done": int(d or 0), "successes": int(w or 0)}
+                for r, n, d, w in s.execute(q)
+            ]
+
+    # ---- tasks ----------------------------------------------------------------------------------
+    def task_id(self, env: str, name: str, variation: int, split: str, goal: str | None = None) -> int:
+        with self.session() as s, s.begin():
+            tid = s.scalar(
+                select(Task.id).where(Task.env == env, Task.name == name, Task.variation == variation)
+            )
+            if tid is None:
+                task = Task(env=env, name=name, variation=variation, split=split, goal=goal, meta={})
+                s.add(task)
+                s.flush()
+                tid = task.id
+            elif goal:
+                s.get(Task, tid).goal = goal
+            return tid
+
+    # ---- episodes -------------------------------------------------------------------------------
+    def episodes_by_plan(self, run_id: str) -> dict[int, Episode]:
+        with self.session() as s:
+            eps = s.scalars(select(Episode).where(Episode.run_id == run_id)).all()
+            return {e.plan_index: e for e in eps}
+
+    def start_episode(self, run_id: str, plan_index: int, task_id: int, **fields: Any) -> int:
+        with self.session() as s, s.begin():
+            ep = Episode(run_id=run_id, plan_index=plan_index, task_id=task_id, status="running", **fields)
+            s.add(ep)
+            s.flush()
+            return ep.id
+
+    def restart_episode(self, episode_id: int) -> None:
+        """Forget an interrupted episode's partial steps so it can run again from its start."""
+        with self.session() as s, s.begin():
+            s.execute(delete(Step).where(Step.episode_id == episode_id))
+            ep = s.get(Episode, episode_id)
+            ep.status, ep.error, ep.n_steps, ep.started_at = "running", None, 0, utcnow()
+
+    def steps(self, episode_id: int) -> list[Step]:
+        with self.session() as s:
+            return list(
+                s.scalars(
+                    select(Step)
+                    .where(Step.episode_id == episode_id)
+                    .order_by(Step.idx)
+                    .options(selectinload(Step.calls))
+                )
+            )
+
+    def add_step(self, episode_id: int, step: StepRecord) -> int:
+        """Commit one step and its model calls in one transaction."""
+        with self.session() as s, s.begin():
+            step_id = s.execute(insert(Step).returning(Step.id), [step.row(episode_id)]).scalar_one()
+            if step.calls:
+                s.execute(insert(ModelCall), [{"step_id": step_id, **c} for c in step.calls])
+            return step_id
+
+    def add_steps(self, episode_id: int, steps: Iterable[StepRecord]) -> int:
+        """Bulk insert (executemany) for imports and exports; model calls are not included."""
+        rows = [st.row(episode_id) for st in steps]
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(insert(Step), rows)
+        return len(rows)
+
+    def finish_episode(self, episode_id: int, *, status: str = "done", **fields: Any) -> None:
+        with self.session() as s, s.begin():
+            ep = s.get(Episode, episode_id)
+            totals = s.execute(
+                select(
+                    func.count(Step.id),
+                    func.coalesce(func.sum(Step.reward), 0.0),
+                    func.coalesce(func.sum(Step.prompt_tokens), 0),
+                    func.coalesce(func.sum(Step.completion_tokens), 0),
+                    func.coalesce(func.sum(Step.cost), 0.0),
+                ).where(Step.episode_id == episode_id)
+            ).one()
+            ep.n_steps, ep.reward, ep.prompt_tokens, ep.completion_tokens, ep.cost = totals
+            ep.status, ep.finished_at = status, utcnow()
+            for k, v in fields.items():
+                setattr(ep, k, v)
+
+    def episodes(
+        self,
+        run_id: str | None = None,
+        role: str | None = None,
+        status: str | None = None,
+        with_steps: bool = False,
+    ) -> list[Episode]:
+        with self.session() as s:
+            q = select(Episode).options(selectinload(Episode.task)).order_by(Episode.id)
+            if with_steps:
+                q = q.options(selectinload(Episode.steps).selectinload(Step.calls))
+            if run_id:
+                q = q.where(Episode.run_id == run_id)
+            if role:
+                q = q.where(Episode.role == role)
+            if status:
+                q = q.where(Episode.status == status)
+            return list(s.scalars(q))
+
+    # ---- stats ----------------------------------------------------------------------------------
+    def stats(self) -> dict[str, int]:
+        with self.session() as s:
+            return {
+                table.name: s.scalar(select(func.count()).select_from(table)) or 0
+                for table in Base.metadata.sorted_tables
+            }
