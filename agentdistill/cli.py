@@ -100,11 +100,13 @@ def run(
 
     if resume and recipe:
         raise AgentDistillError("--resume replays the recipe stored with the run: do not pass a recipe too")
-    store = _store(db)
     if resume:
+        store = _store(db)
         run_id = resume_run(store, resume, progress=progress)
     else:
-        run_id = run_recipe(store, load_recipe(recipe), progress=progress)
+        parsed = load_recipe(recipe)  # a bad recipe fails before the database is touched
+        store = _store(db)
+        run_id = run_recipe(store, parsed, progress=progress)
     _print_summary(store, run_id)
     console.print(f"stored in {store.engine.url.render_as_string(hide_password=True)}")
 

@@ -26,6 +26,8 @@ class PolicySpec(_Strict):
     model: str | None = None  # litellm id or local/<name-or-path>; required for policy = "llm"
     api_base: str | None = None  # OpenAI-compatible server, e.g. http://localhost:8000/v1
     api_key_env: str | None = None  # name of the env var holding the key (never the key itself)
+    timeout: float = Field(120.0, gt=0)  # seconds per API request
+    max_retries: int = Field(6, ge=0)  # on 429, 5xx, timeouts and connection errors, with backoff
     temperature: float = Field(0.0, ge=0, le=2)
     max_tokens: int = Field(64, gt=0, le=32768)
     n: int = Field(1, ge=1, le=64)
@@ -43,7 +45,10 @@ class PolicySpec(_Strict):
         if self.model:
             from agentdistill.models import check_model_id
 
-            check_model_id(self.model, self.api_base)
+            try:
+                check_model_id(self.model, self.api_base)
+            except ConfigError as e:  # pydantic reports ValueErrors with the field's location
+                raise ValueError(str(e)) from None
         return self
 
 

@@ -26,11 +26,12 @@ class ParsedAction:
 
 
 def clean(text: str) -> str:
-    text = text.strip().strip("`").strip()
-    text = _LEADING.sub("", text)
-    text = text.strip().strip("\"'`*<>[]").strip()
-    text = re.sub(r"\s+", " ", text)
-    return text.rstrip(".!;,").strip()[:MAX_ACTION_CHARS]
+    text = _LEADING.sub("", text.strip())
+    prev = None
+    while prev != text:  # quotes, markdown and trailing punctuation nest in any order: peel to a fixpoint
+        prev = text
+        text = text.strip().strip("\"'`*<>[]").rstrip(".!;,")
+    return re.sub(r"\s+", " ", text)[:MAX_ACTION_CHARS]
 
 
 def _candidate_lines(text: str) -> tuple[str | None, str | None]:

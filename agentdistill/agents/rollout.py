@@ -22,7 +22,9 @@ def build_policy(spec: PolicySpec) -> Policy:
     if spec.price:
         options["price"] = Price(spec.price.input_per_mtok, spec.price.output_per_mtok)
     if not spec.model.startswith("local/"):
-        options.update(api_base=spec.api_base, api_key_env=spec.api_key_env)
+        options.update(
+            api_base=spec.api_base, api_key_env=spec.api_key_env, timeout=spec.timeout, max_retries=spec.max_retries
+        )
     model = make_model(spec.model, **options)
     return LLMPolicy(
         model,

@@ -1,0 +1,3 @@
+from agentdistill.cli import app
+
+app()

@@ -1,0 +1,38 @@
+"""Action parsing copes with the sloppy output of small models."""
+
+import pytest
+
+from agentdistill.agents.parsing import parse_action
+
+ADMISSIBLE = ["open door to outside", "go to outside", "focus on crocodile", "look around", "pick up thermometer"]
+
+
+@pytest.mark.parametrize(
+    "raw, expected",
+    [
+        ("Thought: I should leave.\nAction: open door to outside", "open door to outside"),
+        ("action: `go to outside`.", "go to outside"),
+        ("**Action:** \"focus on crocodile\"", "focus on crocodile"),
+        ("```\nlook around\n```", "look around"),
+        ("1. pick up thermometer", "pick up thermometer"),
+        ("Thought: first look\nAction: look\nAction: look around", "look around"),
+        ("Action: Open the door to outside", "open door to outside"),  # snapped to the admissible form
+        ("Observation: a room\nlook around please", "look around"),
+    ],
+)
+def test_sloppy_outputs_snap_to_admissible(raw, expected):
+    assert parse_action(raw, ADMISSIBLE).action == expected
+
+
+def test_without_admissible_list_action_is_cleaned_not_invented():
+    p = parse_action("Thought: go\nAction:  `teleport to kitchen`. ")
+    assert (p.action, p.thought, p.matched) == ("teleport to kitchen", "go", False)
+
+
+def test_nothing_usable():
+    assert parse_action("Thought: hmm\n", ADMISSIBLE).action == ""
+    assert parse_action("", ADMISSIBLE).action == ""
+
+
+def test_unrelated_text_is_not_forced_onto_an_action():
+    assert parse_action("Action: eat the moon", ADMISSIBLE).action == "eat the moon"

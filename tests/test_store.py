@@ -1,0 +1,88 @@
+"""Store on SQLite and on a real PostgreSQL server: round trips, migrations, export."""
+
+import json
+
+import pytest
+from sqlalchemy import text
+
+from agentdistill.errors import AgentDistillError
+from agentdistill.store import db
+from agentdistill.store.export import export_hf, export_jsonl
+from agentdistill.store.store import StepRecord, Store
+
+
+def _fill(store: Store) -> tuple[str, int]:
+    run_id = store.create_run("t", {"name": "t"})
+    tid = store.task_id("scienceworld", "boil", 3, "test", goal="boil water")
+    ep = store.start_episode(run_id, 0, tid, role="teacher", policy_id="expert", seed=0)
+    store.add_step(ep, StepRecord(0, "obs0", "look around", reward=0.0, next_observation="obs1", answered_by="expert"))
+    store.add_step(
+        ep,
+        StepRecord(
+            1, "obs1", "go to kitchen", reward=50.0, done=True, next_observation="obs2", info={"score": 100, "won": True},
+            answered_by="openai/x", prompt_tokens=10, completion_tokens=3, cost=0.25,
+            calls=[{"model": "openai/x", "messages": [{"role": "user", "content": "hi"}], "params": {"n": 1},
+                    "outputs": ["Action: go to kitchen"], "prompt_tokens": 10, "completion_tokens": 3, "cost": 0.25, "latency": 0.1}],
+        ),
+    )
+    store.finish_episode(ep, success=True, score=100.0)
+    return run_id, ep
+
+
+def test_round_trip_and_totals(db_url):
+    store = Store.open(db_url)
+    run_id, ep_id = _fill(store)
+    (ep,) = store.episodes(run_id=run_id, with_steps=True)
+    assert (ep.status, ep.success, ep.n_steps, ep.reward, ep.prompt_tokens, ep.completion_tokens) == ("done", True, 2, 50.0, 10, 3)
+    assert ep.cost == pytest.approx(0.25)
+    assert [s.action for s in ep.steps] == ["look around", "go to kitchen"]
+    assert ep.steps[1].calls[0].outputs == ["Action: go to kitchen"]
+    assert ep.task.goal == "boil water"
+    # the same task is one row however often it is seen
+    assert store.task_id("scienceworld", "boil", 3, "test") == ep.task_id
+    stats = store.stats()
+    assert (stats["runs"], stats["episodes"], stats["steps"], stats["model_calls"]) == (1, 1, 2, 1)
+    assert {"skills", "skill_versions", "datasets", "checkpoints", "evaluations"} <= set(stats)
+    # a step index is never written twice
+    with pytest.raises(Exception):
+        store.add_step(ep_id, StepRecord(1, "x", "y"))
+    assert store.stats()["steps"] == 2
+    store.close()
+
+
+def test_export_jsonl_and_hf(db_url, tmp_path):
+    store = Store.open(db_url)
+    _fill(store)
+    n = export_jsonl(store, tmp_path / "eps.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "eps.jsonl").read_text().splitlines()]
+    assert n == 1 and rows[0]["task"] == "boil" and len(rows[0]["steps"]) == 2
+    assert json.loads(rows[0]["steps"][1]["calls"])[0]["outputs"] == ["Action: go to kitchen"]
+    import datasets
+
+    assert export_hf(store, tmp_path / "hf") == 1
+    ds = datasets.load_from_disk(str(tmp_path / "hf"))
+    assert ds[0]["steps"][1]["action"] == "go to kitchen" and ds[0]["success"] is True
+    assert not (tmp_path / "hf.partial").exists()
+    store.close()
+
+
+def test_fresh_db_is_at_head_and_old_schema_is_refused(db_url):
+    store = Store.open(db_url)
+    assert db.current_revision(store.engine) == db.head_revision()
+    with store.engine.begin() as conn:  # pretend the schema is from an older release
+        conn.execute(text("UPDATE alembic_version SET version_num = 'old0'"))
+    store.close()
+    with pytest.raises(AgentDistillError, match="agentdistill db upgrade"):
+        Store.open(db_url)
+
+
+def test_sqlite_is_wal(tmp_path):
+    store = Store.open(str(tmp_path / "w.db"))
+    with store.engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+
+
+def test_db_url_resolution(monkeypatch, tmp_path):
+    monkeypatch.setenv("AGENTDISTILL_DB", str(tmp_path / "env.db"))
+    assert db.resolve_url(None) == f"sqlite:///{tmp_path / 'env.db'}"
+    assert db.resolve_url("postgresql://u@h/d") == "postgresql+psycopg://u@h/d"
