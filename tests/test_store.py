@@ -86,3 +86,14 @@ def test_db_url_resolution(monkeypatch, tmp_path):
     monkeypatch.setenv("AGENTDISTILL_DB", str(tmp_path / "env.db"))
     assert db.resolve_url(None) == f"sqlite:///{tmp_path / 'env.db'}"
     assert db.resolve_url("postgresql://u@h/d") == "postgresql+psycopg://u@h/d"
+
+
+def test_bulk_add_steps_round_trips(db_url):
+    store = Store.open(db_url)
+    run_id = store.create_run("bulk", {})
+    ep = store.start_episode(run_id, 0, store.task_id("scienceworld", "melt", 1, "train"), role="teacher", policy_id="expert")
+    recs = [StepRecord(i, f"o{i}", f"a{i}", reward=1.5, done=i == 99, info={"score": i, "won": i == 99}) for i in range(100)]
+    assert store.add_steps(ep, recs) == 100
+    steps = store.steps(ep)
+    assert [s.action for s in steps] == [f"a{i}" for i in range(100)]
+    assert steps[99].info == {"score": 99, "won": True} and steps[99].done is True and steps[0].done is False

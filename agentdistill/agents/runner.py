@@ -14,6 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,9 @@ class Runner:
         self.max_steps = max_steps  # per role
 
     async def run(self, plan: list[EpisodeSpec], pool: EnvPool, concurrency: int, progress: bool = True) -> None:
+        # env calls and local-model calls run in worker threads: one per concurrent episode, or the
+        # default pool (cores + 4) would quietly cap concurrency
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=concurrency + 4))
         existing = self.store.episodes_by_plan(self.run_id)
         todo = [s for s in plan if s.plan_index not in existing or existing[s.plan_index].status == "running"]
         sem = asyncio.Semaphore(concurrency)

