@@ -8,6 +8,7 @@ import time
 
 import pytest
 from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
 
 from agentdistill.agents.rollout import resume_run, run_recipe
 from agentdistill.config import parse_recipe
@@ -78,10 +79,13 @@ def test_failing_model_is_recorded_as_error_and_the_run_goes_on(tmp_path):
 
 def _count(db: str) -> dict[str, int]:
     engine = create_engine(f"sqlite:///{db}")
-    with engine.connect() as c:
-        rows = c.execute(text("SELECT status, count(*) FROM episodes GROUP BY status")).all()
-    engine.dispose()
-    return dict(rows)
+    try:
+        with engine.connect() as c:
+            return dict(c.execute(text("SELECT status, count(*) FROM episodes GROUP BY status")).all())
+    except OperationalError:  # the run has created the file but not yet its tables
+        return {}
+    finally:
+        engine.dispose()
 
 
 def test_sigkill_mid_run_then_resume_gives_exactly_the_planned_episodes(tmp_path):
