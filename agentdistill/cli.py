@@ -63,7 +63,8 @@ def _print_summary(store, run_id: str) -> None:
     from agentdistill.report.summary import summarize
 
     run = store.get_run(run_id)
-    table = Table(title=f"run {run.id} ({run.name}) — {run.status}; score and steps are means")
+    elapsed = f", {(run.finished_at - run.created_at).total_seconds():.0f} s" if run.finished_at else ""
+    table = Table(title=f"run {run.id} ({run.name}) — {run.status}{elapsed}; score and steps are means, wall s is summed over episodes")
     for col in ("role", "episodes", "errors", "success", "score", "steps", "tok in", "tok out", "cost $", "wall s"):
         table.add_column(col, justify="left" if col == "role" else "right")
     for s in summarize(store.episodes(run_id=run.id)):
@@ -171,12 +172,13 @@ def runs_show(
 ) -> None:
     """Summary of one run per role.  Example: agentdistill runs show 3f2a --episodes"""
     store = _store(db)
-    _print_summary(store, store.get_run(run_id).id)
+    run_id = store.get_run(run_id).id
+    _print_summary(store, run_id)
     if episodes:
         table = Table()
         for col in ("#", "role", "task", "var", "status", "success", "score", "steps", "error"):
             table.add_column(col)
-        for e in store.episodes(run_id=store.get_run(run_id).id):
+        for e in store.episodes(run_id=run_id):
             table.add_row(str(e.plan_index), e.role, e.task.name, str(e.task.variation), e.status, str(e.success), str(e.score), str(e.n_steps), (e.error or "")[:60])
         console.print(table)
 

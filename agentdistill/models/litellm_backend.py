@@ -118,10 +118,14 @@ class LiteLLMModel(ChatModel):
     def _delay(self, attempt: int) -> float:
         return min(self.backoff_max, self.backoff_base * 2**attempt) * (0.5 + random.random() / 2)
 
-    def _fail(self, exc: BaseException, attempts: int) -> ModelError:
-        status = getattr(exc, "status_code", None)
-        what = f"HTTP {status}" if status else type(exc).__name__
-        return ModelError(redact(f"model {self.id} failed after {attempts} attempt(s) ({what}): {exc}"))
+    def _backoff_or_raise(self, exc: Exception, attempt: int) -> float:
+        """Seconds to wait before the next attempt; a ModelError when retrying cannot help."""
+        if attempt == self.max_retries or not is_retryable(exc):
+            status = getattr(exc, "status_code", None)
+            what = f"HTTP {status}" if status else type(exc).__name__
+            raise ModelError(redact(f"model {self.id} failed after {attempt + 1} attempt(s) ({what}): {exc}")) from None
+        log.warning("model %s: %s, retrying", self.id, type(exc).__name__)
+        return self._delay(attempt)
 
     def complete(self, messages: list[Message], n=1, temperature=0.0, max_tokens=256, stop=None):
         import litellm
@@ -134,10 +138,7 @@ class LiteLLMModel(ChatModel):
                     resp = litellm.completion(**self._kwargs(messages, n - len(out), temperature, max_tokens, stop))
                     break
                 except Exception as e:
-                    if attempt == self.max_retries or not is_retryable(e):
-                        raise self._fail(e, attempt + 1) from None
-                    log.warning("model %s: %s, retrying", self.id, redact(type(e).__name__))
-                    time.sleep(self._delay(attempt))
+                    time.sleep(self._backoff_or_raise(e, attempt))
             out += self._parse(resp, time.perf_counter() - t0)
         return out[:n]
 
@@ -153,9 +154,6 @@ class LiteLLMModel(ChatModel):
                     resp = await litellm.acompletion(**kw)
                     break
                 except Exception as e:
-                    if attempt == self.max_retries or not is_retryable(e):
-                        raise self._fail(e, attempt + 1) from None
-                    log.warning("model %s: %s, retrying", self.id, redact(type(e).__name__))
-                    await asyncio.sleep(self._delay(attempt))
+                    await asyncio.sleep(self._backoff_or_raise(e, attempt))
             out += self._parse(resp, time.perf_counter() - t0)
         return out[:n]
