@@ -11,6 +11,7 @@ from typing import Annotated, Optional
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm must not fetch prices at import
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -63,10 +64,16 @@ def _print_summary(store, run_id: str) -> None:
     from agentdistill.report.summary import summarize
 
     run = store.get_run(run_id)
-    elapsed = f", {(run.finished_at - run.created_at).total_seconds():.0f} s" if run.finished_at else ""
-    table = Table(title=f"run {run.id} ({run.name}) — {run.status}{elapsed}; score and steps are means, wall s is summed over episodes")
-    for col in ("role", "episodes", "errors", "success", "score", "steps", "tok in", "tok out", "cost $", "wall s"):
-        table.add_column(col, justify="left" if col == "role" else "right")
+    elapsed = f" in {(run.finished_at - run.created_at).total_seconds():.0f} s" if run.finished_at else ""
+    table = Table(
+        title=f"run {run.id} ({run.name}): {run.status}{elapsed}",
+        caption="eps: episodes, err: errors; score, steps: means; tokens, cost, wall s: sums",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for col in ("role", "eps", "err", "success", "score", "steps", "tok in", "tok out", "cost $", "wall s"):
+        table.add_column(col, justify="left" if col == "role" else "right", no_wrap=True)
     for s in summarize(store.episodes(run_id=run.id)):
         table.add_row(
             s.role,

@@ -97,3 +97,14 @@ def test_bulk_add_steps_round_trips(db_url):
     steps = store.steps(ep)
     assert [s.action for s in steps] == [f"a{i}" for i in range(100)]
     assert steps[99].info == {"score": 99, "won": True} and steps[99].done is True and steps[0].done is False
+
+
+def test_list_runs_counts_episodes(db_url):
+    store = Store.open(db_url)
+    run_id, _ = _fill(store)
+    tid = store.task_id("scienceworld", "boil", 4, "test")
+    failed = store.start_episode(run_id, 1, tid, role="student", policy_id="llm:x")
+    store.finish_episode(failed, success=False)
+    store.start_episode(run_id, 2, tid, role="student", policy_id="llm:x")  # still running
+    (row,) = store.list_runs()
+    assert (row["run"].id, row["episodes"], row["done"], row["successes"]) == (run_id, 3, 2, 1)

@@ -89,6 +89,7 @@ def export_hf(store: Store, out: Path, run_id=None, role=None, status="done") ->
         import datasets
     except ImportError:
         raise AgentDistillError("export to Hugging Face datasets needs: pip install 'agentdistill[export]'") from None
+    datasets.disable_progress_bars()
     records = list(iter_records(store, run_id, role, status))
     if not records:
         raise AgentDistillError("no episodes match: nothing exported (check --run/--role/--status)")

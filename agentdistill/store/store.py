@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, delete, func, insert, select
+from sqlalchemy import Engine, case, delete, func, insert, select
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from agentdistill.errors import AgentDistillError
@@ -117,8 +117,8 @@ class Store:
                 select(
                     Run,
                     func.count(Episode.id),
-                    func.sum(Episode.status == "done"),
-                    func.sum(Episode.success == True),  # noqa: E712 (SQL expression)
+                    func.count(case((Episode.status == "done", 1))),  # portable: PostgreSQL cannot sum booleans
+                    func.count(case((Episode.success.is_(True), 1))),
                 )
                 .outerjoin(Episode)
                 .group_by(Run.id)
