@@ -19,10 +19,23 @@ class _Strict(BaseModel):
 class PriceSpec(_Strict):
     input_per_mtok: float = Field(0.0, ge=0)
     output_per_mtok: float = Field(0.0, ge=0)
+    per_action: float = Field(0.0, ge=0)  # expert policies: USD charged per action (stand-in for an API teacher)
+
+
+class IcdSpec(_Strict):
+    """In-context distillation: retrieve teacher demos from the store for every student step."""
+
+    index: str | None = None  # directory of the demo index; default .agentdistill/icd/<env>
+    k: int = Field(3, ge=1, le=20)  # demos per step, from k different teacher episodes
+    unit: Literal["window", "trajectory"] = "window"
+    window: int = Field(2, ge=0)  # steps either side of the retrieved step, for unit = "window"
+    split: str | None = "train"  # teacher episodes of this split feed the index (None: any)
+    runs: list[str] | None = None  # only these runs' teacher episodes
+    method: Literal["auto", "dense", "bm25"] = "auto"
 
 
 class PolicySpec(_Strict):
-    policy: Literal["expert", "llm"] = "llm"
+    policy: Literal["expert", "llm", "cascade"] = "llm"
     model: str | None = None  # litellm id or local/<name-or-path>; required for policy = "llm"
     api_base: str | None = None  # OpenAI-compatible server, e.g. http://localhost:8000/v1
     api_key_env: str | None = None  # name of the env var holding the key (never the key itself)
@@ -35,11 +48,20 @@ class PolicySpec(_Strict):
     match_admissible: bool = True
     max_steps: int | None = Field(None, ge=1)  # overrides runner.max_steps for this role
     price: PriceSpec | None = None
+    icd: IcdSpec | None = None  # llm and cascade students: retrieved teacher demos in the prompt
+    threshold: float = Field(0.5, ge=0, le=1)  # cascade: the student acts if its agreement exceeds this
+    fallback: PolicySpec | None = None  # cascade: who acts when the student's samples disagree
 
     @model_validator(mode="after")
     def _model_matches_policy(self) -> PolicySpec:
-        if self.policy == "llm" and not self.model:
-            raise ValueError('policy "llm" needs a model, e.g. model = "local/smollm2-135m"')
+        if self.policy in ("llm", "cascade") and not self.model:
+            raise ValueError(f'policy "{self.policy}" needs a model, e.g. model = "local/smollm2-135m"')
+        if self.policy == "cascade" and self.fallback is None:
+            raise ValueError('policy "cascade" needs a fallback teacher, e.g. fallback = { policy = "expert" }')
+        if self.policy != "cascade" and self.fallback is not None:
+            raise ValueError('fallback is only for policy "cascade": remove it')
+        if self.policy == "expert" and self.icd is not None:
+            raise ValueError('icd is for llm and cascade students: remove it from the expert')
         if self.policy == "expert" and self.model:
             raise ValueError('policy "expert" uses the environment\'s own expert: remove model')
         if self.model:

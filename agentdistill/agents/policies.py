@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentdistill.agents.parsing import parse_action
+from agentdistill.distill.icd import Demo, Retrieval, render_demos
 from agentdistill.envs.base import Env, Task
 from agentdistill.models import ChatModel, Message, call_record
 
@@ -68,15 +69,26 @@ class Policy(ABC):
 
 
 class ExpertPolicy(Policy):
-    """The environment's own expert (ScienceWorld's gold path, ALFWorld's planner): an offline teacher."""
+    """The environment's own expert (ScienceWorld's gold path, ALFWorld's planner): an offline teacher.
+
+    `price_per_action` charges each action to the cost ledger, so the expert can stand in for a
+    paid API teacher in cost studies (e.g. what a frontier model's ReAct step would cost)."""
 
     id = "expert"
+
+    def __init__(self, price_per_action: float = 0.0):
+        self.price_per_action = price_per_action
+        self.sampling = {"price_per_action": price_per_action} if price_per_action else {}
 
     async def act(self, ctx: EpisodeContext) -> Decision:
         action = await asyncio.to_thread(ctx.env.expert_action)
         if action is None:
             raise EpisodeOver("the expert has no further action")
-        return Decision(action=action, answered_by="expert")
+        calls = []
+        if self.price_per_action:
+            calls.append({"model": "expert", "messages": [], "params": {}, "outputs": [action], "prompt_tokens": 0,
+                          "completion_tokens": 0, "cost": self.price_per_action, "latency": 0.0})
+        return Decision(action=action, answered_by="expert", calls=calls)
 
 
 SYSTEM_PROMPT = """You are an agent acting in a text environment: {env_description}.
@@ -98,6 +110,7 @@ class LLMPolicy(Policy):
         history: int = 6,
         match_admissible: bool = True,
         system_prompt: str = SYSTEM_PROMPT,
+        retrieval: Retrieval | None = None,
     ):
         self.model = model
         self.model_id = model.id
@@ -106,11 +119,18 @@ class LLMPolicy(Policy):
         self.history = history
         self.match_admissible = match_admissible
         self.system_prompt = system_prompt
+        self.retrieval = retrieval  # in-context distillation: teacher demos retrieved per step
         self.sampling = {"temperature": temperature, "max_tokens": max_tokens, "n": n, "history": history}
+        if retrieval:
+            self.id += "+icd"
+            self.sampling["icd"] = {"k": retrieval.k, "unit": retrieval.unit, "window": retrieval.window,
+                                    "index": str(retrieval.index.path)}
 
-    def messages(self, ctx: EpisodeContext) -> list[Message]:
+    def messages(self, ctx: EpisodeContext, demos: list[Demo] | None = None) -> list[Message]:
         env = ctx.env
         system = self.system_prompt.format(env_description=env.description, action_help=env.action_help)
+        if demos:
+            system += "\n\n" + render_demos(demos)
         msgs: list[Message] = [{"role": "system", "content": system}]
         turns = ctx.history[-self.history :] if self.history > 0 else []
         omitted = len(ctx.history) - len(turns)
@@ -125,7 +145,11 @@ class LLMPolicy(Policy):
         return msgs
 
     async def act(self, ctx: EpisodeContext) -> Decision:
-        msgs = self.messages(ctx)
+        demos = None
+        if self.retrieval:
+            recent = [t.action for t in ctx.history]
+            demos = await asyncio.to_thread(self.retrieval.demos, ctx.goal, ctx.observation, recent)
+        msgs = self.messages(ctx, demos)
         params = {"n": self.n, "temperature": self.temperature, "max_tokens": self.max_tokens, "stop": ["\nObservation"]}
         completions = await self.model.acomplete(msgs, **params)
         admissible = await asyncio.to_thread(ctx.env.admissible_actions) if self.match_admissible else None
@@ -134,10 +158,15 @@ class LLMPolicy(Policy):
         actions = [p.action for p in parsed if p.action]
         best = max(set(actions), key=actions.count) if actions else ""
         chosen = next((p for p in parsed if p.action == best), parsed[0])
-        info: dict[str, Any] = {"matched_admissible": chosen.matched}
+        info: dict[str, Any] = {
+            "matched_admissible": chosen.matched,
+            # share of the samples that agree on the chosen action: the cascade's confidence signal
+            "agreement": actions.count(best) / len(parsed) if actions else 0.0,
+        }
         if len(parsed) > 1:
             info["samples"] = [p.action for p in parsed]
-            info["agreement"] = actions.count(best) / len(parsed) if actions else 0.0
+        if demos:
+            info["demos"] = [[d.episode_id, d.step_idx] for d in demos]
         if not best:
             best = ctx.env.fallback_action
             info["parse_failed"] = True

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 
+from agentdistill.agents.cascade import CascadePolicy
 from agentdistill.agents.policies import ExpertPolicy, LLMPolicy, Policy
+from agentdistill.distill.icd import DemoIndex, Retrieval
 from agentdistill.agents.runner import EnvPool, EpisodeSpec, Runner, make_plan
 from agentdistill.config import PolicySpec, Recipe, parse_recipe
 from agentdistill.envs import Env, Task, make
@@ -15,9 +17,21 @@ from agentdistill.models.cost import Price
 from agentdistill.store.store import Store
 
 
-def build_policy(spec: PolicySpec) -> Policy:
+def build_policy(spec: PolicySpec, store: Store | None = None, env_name: str = "scienceworld") -> Policy:
     if spec.policy == "expert":
-        return ExpertPolicy()
+        return ExpertPolicy(spec.price.per_action if spec.price else 0.0)
+    if spec.policy == "cascade":
+        student = build_policy(spec.model_copy(update={"policy": "llm", "fallback": None}), store, env_name)
+        return CascadePolicy(student, build_policy(spec.fallback, store, env_name), spec.threshold)
+    retrieval = None
+    if spec.icd:
+        if store is None:
+            raise AgentDistillError("an ICD student needs the store its teacher demos come from")
+        icd = spec.icd
+        index = DemoIndex.load_or_build(
+            store, icd.index or default_index_dir(env_name), env=env_name, runs=icd.runs, split=icd.split, method=icd.method
+        )
+        retrieval = Retrieval(index, icd.k, icd.unit, icd.window)
     options: dict = {}
     if spec.price:
         options["price"] = Price(spec.price.input_per_mtok, spec.price.output_per_mtok)
@@ -33,7 +47,12 @@ def build_policy(spec: PolicySpec) -> Policy:
         n=spec.n,
         history=spec.history,
         match_admissible=spec.match_admissible,
+        retrieval=retrieval,
     )
+
+
+def default_index_dir(env_name: str) -> str:
+    return f".agentdistill/icd/{env_name}"
 
 
 def select_tasks(env: Env, recipe: Recipe) -> list[Task]:
@@ -53,7 +72,8 @@ def plan_for(env: Env, recipe: Recipe) -> list[EpisodeSpec]:
 
 def run_recipe(store: Store, recipe: Recipe, *, progress: bool = True) -> str:
     """Start a new run for the recipe and execute it; returns the run id."""
-    policies = {role: build_policy(spec) for role, spec in recipe.roles().items()}  # fail before creating a run
+    # fail before creating a run
+    policies = {role: build_policy(spec, store, recipe.env.name) for role, spec in recipe.roles().items()}
     run_id = store.create_run(recipe.name, recipe.model_dump(mode="json"))
     _execute(store, run_id, recipe, policies, progress)
     return run_id
@@ -63,7 +83,7 @@ def resume_run(store: Store, run_id: str, *, progress: bool = True) -> str:
     """Finish a crashed or interrupted run without duplicating its finished episodes."""
     run = store.get_run(run_id)
     recipe = parse_recipe(run.recipe, f"recipe stored with run {run.id}")
-    policies = {role: build_policy(spec) for role, spec in recipe.roles().items()}
+    policies = {role: build_policy(spec, store, recipe.env.name) for role, spec in recipe.roles().items()}
     store.set_run_status(run.id, "running")
     _execute(store, run.id, recipe, policies, progress)
     return run.id

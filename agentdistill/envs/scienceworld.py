@@ -46,7 +46,7 @@ class ScienceWorldEnv(Env):
         self._sw = _SW("", envStepLimit=step_limit)
         self._step_limit = step_limit
         self._gold: list[str] = []
-        self._t = 0
+        self._t = 0  # position on the gold path
         self._last_score = 0
         self._task_names: list[str] = list(self._sw.get_task_names())
 
@@ -100,14 +100,17 @@ class ScienceWorldEnv(Env):
         done = bool(server.getCompleted()) or score < 0 or self._sw.get_num_moves() > self._step_limit
         reward = score - self._last_score
         self._last_score = score
-        self._t += 1
+        if self._t < len(self._gold) and action.strip().lower() == self._gold[self._t].lower():
+            self._t += 1  # the gold path advances only when its next action is what was executed
         return StepResult(text, float(reward), done, {"score": score, "won": score >= 100})
 
     def admissible_actions(self) -> list[str]:
         return list(self._sw.get_valid_action_object_combinations())
 
     def expert_action(self) -> str | None:
-        # The gold path is open-loop: valid while the episode has followed it.
+        # The gold path is open-loop; we point at its first action not yet executed, so an expert
+        # that takes over from another policy (a cascade's teacher) resumes where the path left off.
+        # If the other policy changed the world in ways the path does not expect, it may still fail.
         return self._gold[self._t] if self._t < len(self._gold) else None
 
     def close(self) -> None:

@@ -1,0 +1,38 @@
+"""Cascade policy (in-context distillation at inference, arXiv 2512.02543): a cheap student, shown
+teacher demos retrieved for this step, samples k actions; if enough of them agree it acts, else the
+teacher acts. Every step records who answered, the student's samples and agreement, and the cost
+of both (the student's call is paid for even when the teacher answers)."""
+
+from __future__ import annotations
+
+from agentdistill.agents.policies import Decision, EpisodeContext, LLMPolicy, Policy
+
+
+class CascadePolicy(Policy):
+    def __init__(self, student: LLMPolicy, teacher: Policy, threshold: float = 0.5):
+        """The student acts when the share of its samples agreeing on the majority action is
+        greater than `threshold`: 0 lets it act on any parsable answer, 1 always defers."""
+        self.student = student
+        self.teacher = teacher
+        self.threshold = threshold
+        self.id = f"cascade:{student.id}->{teacher.id}"
+        self.model_id = student.model_id
+        self.sampling = {**student.sampling, "threshold": threshold, "teacher": teacher.id, **{
+            f"teacher_{k}": v for k, v in teacher.sampling.items()}}
+
+    async def act(self, ctx: EpisodeContext) -> Decision:
+        proposal = await self.student.act(ctx)
+        agreement = proposal.info.get("agreement", 0.0)
+        info = {**proposal.info, "student_action": proposal.action}
+        if agreement > self.threshold and not proposal.info.get("parse_failed"):
+            return Decision(proposal.action, proposal.answered_by, proposal.thought, proposal.raw_output,
+                            proposal.calls, {**info, "deferred": False})
+        answer = await self.teacher.act(ctx)
+        return Decision(
+            answer.action,
+            answer.answered_by,
+            answer.thought,
+            answer.raw_output,
+            proposal.calls + answer.calls,
+            {**info, **{f"teacher_{k}": v for k, v in answer.info.items()}, "deferred": True},
+        )
