@@ -262,3 +262,109 @@ def envs_check(name: Annotated[Optional[str], typer.Argument(help="One environme
         for r in status.requirements:
             mark = "[green]ok[/green]" if r.ok else f"[red]missing[/red] -> {r.fix}"
             console.print(f"  {r.what}: {mark}", highlight=False)
+
+
+icd_app = typer.Typer(no_args_is_help=True, help="In-context distillation: teacher demo indexes.")
+report_app = typer.Typer(no_args_is_help=True, help="Reports over runs in the store.")
+app.add_typer(icd_app, name="icd")
+app.add_typer(report_app, name="report")
+
+
+@icd_app.command("build")
+def icd_build(
+    path: Annotated[Optional[Path], typer.Argument(help="Index directory [default: .agentdistill/icd/<env>].")] = None,
+    env: Annotated[str, typer.Option(help="Environment of the teacher episodes.")] = "scienceworld",
+    split: Annotated[str, typer.Option(help="Task split of the teacher episodes ('any' for all).")] = "train",
+    run_ids: Annotated[Optional[list[str]], typer.Option("--run", help="Only these runs (repeatable).")] = None,
+    method: Annotated[str, typer.Option(help="auto (dense if available), dense, or bm25.")] = "auto",
+    db: DbOpt = None,
+) -> None:
+    """Index every step of the store's successful teacher episodes for retrieval.
+
+    Example: agentdistill icd build --env scienceworld --split train
+    """
+    from agentdistill.agents.rollout import default_index_dir
+    from agentdistill.distill.icd import DemoIndex
+
+    if method not in ("auto", "dense", "bm25"):
+        raise AgentDistillError(f"--method {method!r}: use auto, dense or bm25")
+    store = _store(db)
+    runs = [store.get_run(r).id for r in run_ids] if run_ids else None
+    index = DemoIndex.build(store, path or default_index_dir(env), env=env, runs=runs,
+                            split=None if split == "any" else split, method=method)
+    console.print(f"{index.path}: {len(index.entries)} steps from {len(index.episodes)} teacher episodes "
+                  f"({index.meta['method']}); demos cost ${index.upfront_cost:.4f} to collect")
+
+
+@report_app.command("costs")
+def report_costs(
+    runs: Annotated[list[str], typer.Argument(help="LABEL=RUN[:ROLE] for each policy; the first is the teacher baseline.")],
+    index: Annotated[Optional[Path], typer.Option(help="ICD index whose demos' cost is the upfront cost.")] = None,
+    db: DbOpt = None,
+) -> None:
+    """Cost per episode, success (bootstrap 95% CI) and the cascade's break-even point.
+
+    Example: agentdistill report costs teacher=3f2a:teacher student=3f2a:student cascade=9c1d:student --index .agentdistill/icd/scienceworld
+    """
+    from agentdistill.distill.icd import DemoIndex
+    from agentdistill.report.costs import break_even, cost_report
+
+    store = _store(db)
+    spec: dict[str, tuple[str, str]] = {}
+    for item in runs:
+        label, sep, rest = item.partition("=")
+        if not sep:
+            raise AgentDistillError(f"{item!r}: write LABEL=RUN or LABEL=RUN:ROLE, e.g. cascade=9c1d:student")
+        run_id, _, role = rest.partition(":")
+        spec[label] = (store.get_run(run_id).id, role or "student")
+    rows = cost_report(store, spec, teacher_ids={"expert"} | {e.model for e in store.episodes(role="teacher") if e.model})
+    base = rows[0]
+    table = Table(box=box.SIMPLE_HEAD)
+    for col in ("policy", "eps", "success [95% CI]", "$/episode", "teacher steps", f"cost vs {base.label}"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for r in rows:
+        ratio = r.ratio_to(base)
+        table.add_row(r.label, str(r.episodes), f"{r.success:.0%} [{r.success_low:.0%}, {r.success_high:.0%}]",
+                      f"{r.cost_per_episode:.5f}", f"{r.teacher_step_share:.0%}", "-" if ratio is None else f"{ratio:.2f}x cheaper")
+    console.print(table)
+    if index:
+        upfront = DemoIndex.load(index).upfront_cost
+        for r in rows[1:]:
+            n = break_even(upfront, base, r)
+            console.print(f"{r.label}: demos cost ${upfront:.4f} upfront; " +
+                          (f"paid back after {n:.1f} episodes" if n is not None else "never paid back (no saving per episode)"))
+
+
+@app.command()
+def serve(
+    student: Annotated[str, typer.Option(help="Student model id, e.g. local/smollm2-135m.")],
+    teacher: Annotated[str, typer.Option(help="Teacher model id, e.g. openai/gpt-4.1-mini.")],
+    index: Annotated[Optional[Path], typer.Option(help="ICD index directory (see `icd build`); none: no demos.")] = None,
+    student_api_base: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server of the student.")] = None,
+    teacher_api_base: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server of the teacher.")] = None,
+    samples: Annotated[int, typer.Option(help="Student samples per request (k).")] = 3,
+    threshold: Annotated[float, typer.Option(help="The student answers if its agreement exceeds this.")] = 0.5,
+    temperature: Annotated[float, typer.Option(help="Student sampling temperature.")] = 0.7,
+    demos: Annotated[int, typer.Option(help="Demos retrieved per request.")] = 3,
+    host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+) -> None:
+    """Serve an OpenAI-compatible /v1/chat/completions answered by the cascade.
+
+    Example: agentdistill serve --student local/smollm2-135m --teacher openai/gpt-4.1-mini --index .agentdistill/icd/scienceworld
+    """
+    import uvicorn
+
+    from agentdistill.distill.icd import DemoIndex
+    from agentdistill.models import make_model
+    from agentdistill.serve import CascadeService, create_app
+
+    if not 0 <= threshold <= 1:
+        raise AgentDistillError(f"--threshold {threshold}: use a share between 0 and 1")
+    opts = lambda base: {"api_base": base} if base else {}  # noqa: E731
+    service = CascadeService(
+        make_model(student, **opts(student_api_base)), make_model(teacher, **opts(teacher_api_base)),
+        DemoIndex.load(index) if index else None, k_demos=demos, samples=samples, threshold=threshold, temperature=temperature,
+    )
+    console.print(f"cascade {student} -> {teacher} on http://{host}:{port}/v1 (model name: agentdistill-cascade)")
+    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")

@@ -114,3 +114,23 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 900) -> subpro
         timeout=timeout,
         env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
+
+
+FAMILIES = ["lifespan-longest-lived", "power-component", "identify-life-stages-2"]
+
+
+@pytest.fixture(scope="session")
+def demo_store(tmp_path_factory):
+    """Expert (teacher) episodes on train variations of three task families."""
+    from agentdistill.agents.rollout import run_recipe
+    from agentdistill.config import parse_recipe
+    from agentdistill.store.store import Store
+
+    path = tmp_path_factory.mktemp("icd") / "s.db"
+    store = Store.open(str(path))
+    recipe = parse_recipe(
+        {"env": {"split": "train", "tasks": FAMILIES, "variations": 2}, "teacher": {"policy": "expert"},
+         "runner": {"concurrency": 2, "max_steps": 40}}
+    )
+    run_recipe(store, recipe, progress=False)
+    return store

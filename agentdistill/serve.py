@@ -1,0 +1,132 @@
+"""`agentdistill serve`: an OpenAI-compatible /v1/chat/completions endpoint answered by a cascade.
+
+Each request: retrieve teacher demos for the conversation (goal = first user message, situation =
+last user message, recent actions = assistant turns), let the student sample k answers with the
+demos in its system prompt, answer with the majority if its share exceeds the threshold, else ask
+the teacher. The response says which model answered (`model`, header `X-Agentdistill-Answered-By`,
+and an `agentdistill` object with the samples, agreement and cost); `usage` sums both models' tokens.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from typing import Any
+
+from pydantic import BaseModel
+
+from agentdistill.agents.parsing import parse_action
+from agentdistill.distill.icd import DemoIndex, render_demos
+from agentdistill.models import ChatModel, Completion
+
+CASCADE_MODEL = "agentdistill-cascade"
+
+
+def _normalized(text: str) -> str:
+    """What two samples must share to count as agreeing: the action they name, else the text."""
+    return (parse_action(text).action or text.strip()).lower()
+
+
+def majority(texts: list[str]) -> tuple[int, float]:
+    """(index of a sample carrying the majority answer, share of samples that agree with it)."""
+    keys = [_normalized(t) for t in texts]
+    best, count = Counter(keys).most_common(1)[0]
+    return keys.index(best), (count / len(keys) if best else 0.0)
+
+
+class CascadeService:
+    def __init__(self, student: ChatModel, teacher: ChatModel, index: DemoIndex | None = None, k_demos: int = 3,
+                 samples: int = 3, threshold: float = 0.5, temperature: float = 0.7):
+        self.student, self.teacher, self.index = student, teacher, index
+        self.k_demos, self.samples, self.threshold, self.temperature = k_demos, samples, threshold, temperature
+
+    def _with_demos(self, messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], list[list[int]]]:
+        if self.index is None:
+            return messages, []
+        users = [m["content"] for m in messages if m["role"] == "user"]
+        actions = [parse_action(m["content"]).action for m in messages if m["role"] == "assistant"]
+        demos = self.index.search(users[0] if users else "", users[-1] if users else "", actions, k=self.k_demos)
+        block = render_demos(demos)
+        if messages and messages[0]["role"] == "system":
+            out = [{"role": "system", "content": messages[0]["content"] + "\n\n" + block}, *messages[1:]]
+        else:
+            out = [{"role": "system", "content": block}, *messages]
+        return out, [[d.episode_id, d.step_idx] for d in demos]
+
+    async def answer(self, messages: list[dict[str, str]], max_tokens: int = 256, stop: list[str] | None = None) -> dict[str, Any]:
+        prompted, demo_ids = self._with_demos(messages)
+        samples = await self.student.acomplete(prompted, n=self.samples, temperature=self.temperature,
+                                               max_tokens=max_tokens, stop=stop)
+        pick, agreement = majority([c.text for c in samples])
+        used: list[Completion] = list(samples)
+        if agreement > self.threshold:
+            chosen, answered_by = samples[pick], self.student.id
+        else:
+            (chosen,) = await self.teacher.acomplete(messages, n=1, temperature=0.0, max_tokens=max_tokens, stop=stop)
+            used.append(chosen)
+            answered_by = self.teacher.id
+        prompt_tokens = samples[0].prompt_tokens + (chosen.prompt_tokens if answered_by == self.teacher.id else 0)
+        completion_tokens = sum(c.completion_tokens for c in used)
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": answered_by,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": chosen.text},
+                         "finish_reason": chosen.finish_reason or "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+            "agentdistill": {
+                "answered_by": answered_by,
+                "deferred": answered_by == self.teacher.id,
+                "agreement": agreement,
+                "samples": [c.text for c in samples],
+                "demos": demo_ids,
+                "cost": sum(c.cost for c in used),
+            },
+        }
+
+
+class ChatMessage(BaseModel):
+    role: str
+    content: str
+
+
+class ChatRequest(BaseModel):
+    """The fields of OpenAI's chat request the cascade uses; others (temperature, ...) are ignored:
+    sampling is the cascade's own configuration."""
+
+    model: str = CASCADE_MODEL
+    messages: list[ChatMessage]
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+    n: int = 1
+
+
+def create_app(service: CascadeService):
+    from fastapi import FastAPI, HTTPException
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI(title="agentdistill cascade")
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": CASCADE_MODEL, "object": "model", "owned_by": "agentdistill"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(req: ChatRequest):
+        if req.stream:
+            raise HTTPException(400, "stream=true is not supported by the cascade: send stream=false")
+        if req.n != 1:
+            raise HTTPException(400, "n must be 1: the cascade returns one answer (its samples are in `agentdistill`)")
+        if not req.messages:
+            raise HTTPException(400, "messages is empty: send at least one user message")
+        stop = [req.stop] if isinstance(req.stop, str) else req.stop
+        body = await service.answer([m.model_dump() for m in req.messages],
+                                    max_tokens=req.max_completion_tokens or req.max_tokens or 256, stop=stop)
+        return JSONResponse(body, headers={"X-Agentdistill-Answered-By": body["model"]})
+
+    return app

@@ -1,0 +1,79 @@
+"""The OpenAI-compatible cascade server, answered by the real SmolLM2 student with retrieved demos and
+a teacher behind litellm (the stand-in OpenAI server), called with the `openai` client and litellm."""
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from agentdistill.distill.icd import DemoIndex
+from agentdistill.models import make_model
+from agentdistill.serve import CascadeService, create_app
+from agentdistill.testing import OpenAIStub
+from tests.conftest import free_port
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    with OpenAIStub(reply="Thought: the teacher knows.\nAction: focus on electric motor") as stub:
+        yield stub
+
+
+def _serve(service):
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline, "server did not start"
+        time.sleep(0.05)
+    return server, thread, f"http://127.0.0.1:{port}/v1"
+
+
+@pytest.fixture(scope="module")
+def index(demo_store, tmp_path_factory):
+    return DemoIndex.build(demo_store, tmp_path_factory.mktemp("serve") / "idx", env="scienceworld", method="bm25")
+
+
+MESSAGES = [
+    {"role": "system", "content": "You act in ScienceWorld. Reply with Thought: and Action: lines."},
+    {"role": "user", "content": "Task: Your task is to turn on the electric motor.\nObservation: This room is called the workshop."},
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("threshold, expect", [(1.0, "teacher"), (0.0, "student")])
+def test_openai_client_gets_an_answer_and_who_gave_it(index, teacher, threshold, expect):
+    from openai import OpenAI
+
+    student = make_model("local/smollm2-135m")
+    teacher_model = make_model("openai/stub-teacher", api_base=teacher.url)
+    service = CascadeService(student, teacher_model, index, samples=2, threshold=threshold, temperature=0.0)
+    server, thread, base = _serve(service)
+    try:
+        client = OpenAI(base_url=base, api_key="unused")
+        resp = client.chat.completions.create(model="agentdistill-cascade", messages=MESSAGES, max_tokens=20)
+        extra = resp.model_extra["agentdistill"]
+        if expect == "teacher":
+            assert resp.model == "openai/stub-teacher" and extra["deferred"] is True
+            assert resp.choices[0].message.content == "Thought: the teacher knows.\nAction: focus on electric motor"
+        else:
+            assert resp.model == "local/smollm2-135m" and extra["deferred"] is False and extra["agreement"] == 1.0
+            assert resp.choices[0].message.content == extra["samples"][0]
+        assert len(extra["samples"]) == 2 and len(extra["demos"]) == 3
+        assert resp.usage.prompt_tokens > 0 and resp.usage.completion_tokens > 0
+        # litellm speaks to it like any OpenAI-compatible server
+        import litellm
+
+        via_litellm = litellm.completion(model="openai/agentdistill-cascade", api_base=base, api_key="unused",
+                                         messages=MESSAGES, max_tokens=20)
+        assert via_litellm.choices[0].message.content
+        r = httpx.post(f"{base}/chat/completions", json={"messages": MESSAGES, "stream": True})
+        assert r.status_code == 400 and "stream" in r.text
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
