@@ -50,6 +50,7 @@ class PolicySpec(_Strict):
     price: PriceSpec | None = None
     icd: IcdSpec | None = None  # llm and cascade students: retrieved teacher demos in the prompt
     threshold: float = Field(0.5, ge=0, le=1)  # cascade: the student acts if its agreement exceeds this
+    require_admissible: bool = True  # cascade: ...and if its action is admissible (when the env lists them)
     fallback: PolicySpec | None = None  # cascade: who acts when the student's samples disagree
 
     @model_validator(mode="after")

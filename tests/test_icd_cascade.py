@@ -83,9 +83,19 @@ def test_cascade_defers_to_the_teacher_when_the_student_cannot_agree(demo_store,
 
 @pytest.mark.slow
 def test_cascade_lets_the_student_act_when_its_samples_agree(demo_store, tmp_path):
-    ep = _cascade_run(demo_store, tmp_path, n=3, temperature=0.0, threshold=0.5)  # greedy samples agree fully
+    # greedy samples agree fully; the admissibility gate is off here, tested below
+    ep = _cascade_run(demo_store, tmp_path, n=3, temperature=0.0, threshold=0.5, require_admissible=False)
     assert ep.status == "done" and ep.n_steps == 4
     for st in ep.steps:
         assert st.answered_by == "local/smollm2-135m" and st.info["deferred"] is False
         assert st.info["agreement"] == 1.0 and [c.model for c in st.calls] == ["local/smollm2-135m"]
     assert ep.cost == 0.0 and ep.prompt_tokens > 0
+
+
+@pytest.mark.slow
+def test_cascade_defers_exactly_when_the_agreed_action_is_not_admissible(demo_store, tmp_path):
+    ep = _cascade_run(demo_store, tmp_path, n=3, temperature=0.0, threshold=0.0)
+    for st in ep.steps:
+        assert st.info["agreement"] == 1.0
+        assert st.info["deferred"] is (not st.info["matched_admissible"])
+        assert st.answered_by == ("expert" if st.info["deferred"] else "local/smollm2-135m")

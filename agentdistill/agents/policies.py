@@ -159,7 +159,7 @@ class LLMPolicy(Policy):
         best = max(set(actions), key=actions.count) if actions else ""
         chosen = next((p for p in parsed if p.action == best), parsed[0])
         info: dict[str, Any] = {
-            "matched_admissible": chosen.matched,
+            "matched_admissible": chosen.matched if admissible else True,  # no list: nothing to check
             # share of the samples that agree on the chosen action: the cascade's confidence signal
             "agreement": actions.count(best) / len(parsed) if actions else 0.0,
         }

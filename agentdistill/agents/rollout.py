@@ -22,7 +22,7 @@ def build_policy(spec: PolicySpec, store: Store | None = None, env_name: str = "
         return ExpertPolicy(spec.price.per_action if spec.price else 0.0)
     if spec.policy == "cascade":
         student = build_policy(spec.model_copy(update={"policy": "llm", "fallback": None}), store, env_name)
-        return CascadePolicy(student, build_policy(spec.fallback, store, env_name), spec.threshold)
+        return CascadePolicy(student, build_policy(spec.fallback, store, env_name), spec.threshold, spec.require_admissible)
     retrieval = None
     if spec.icd:
         if store is None:

@@ -59,6 +59,9 @@ def encoder(source: str):
     with _encoder_lock:
         if source not in _encoders:
             from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
 
             _encoders[source] = SentenceTransformer(source, device="cpu")
         return _encoders[source]
