@@ -32,7 +32,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--variations", type=int, default=2, help="held-out test variations per task")
     ap.add_argument("--demo-variations", type=int, default=3, help="train variations per task for demos")
-    ap.add_argument("--max-steps", type=int, default=12, help="step limit of student episodes")
+    ap.add_argument("--max-steps", type=int, default=20, help="step limit of every policy's episodes (gold paths here are 4-12)")
     ap.add_argument("--thresholds", default="0.5,0.9", help="cascade agreement thresholds to compare")
     ap.add_argument("--db", default=None)
     args = ap.parse_args()
@@ -53,7 +53,7 @@ def main():
                                                "runner": {"concurrency": 2, "max_steps": max_steps}}), progress=True)
 
     runs = {
-        "teacher alone": (run("teacher", "teacher", TEACHER, 60), "teacher"),
+        "teacher alone": (run("teacher", "teacher", TEACHER, args.max_steps), "teacher"),
         "student alone": (run("student", "student", STUDENT, args.max_steps), "student"),
         "student + ICD": (run("student+icd", "student", {**STUDENT, "icd": icd}, args.max_steps), "student"),
     }
