@@ -8,6 +8,7 @@ the SmolLM2 student is charged like a small hosted model, $0.05/M input and $0.1
 SmolLM2-135M is a very weak student: the figures show the pipeline and its accounting, not what a
 capable student achieves.
 Run: python benchmarks/icd_cascade.py [--variations 2] [--db icd-bench.db]
+     python benchmarks/icd_cascade.py --student openai/qwen2.5-1.5b-instruct --student-api-base http://localhost:8000/v1
 """
 
 import argparse
@@ -34,8 +35,13 @@ def main():
     ap.add_argument("--demo-variations", type=int, default=3, help="train variations per task for demos")
     ap.add_argument("--max-steps", type=int, default=20, help="step limit of every policy's episodes (gold paths here are 4-12)")
     ap.add_argument("--thresholds", default="0.5,0.9", help="cascade agreement thresholds to compare")
+    ap.add_argument("--student", default=STUDENT["model"], help="student model id")
+    ap.add_argument("--student-api-base", default=None, help="OpenAI-compatible server of the student")
     ap.add_argument("--db", default=None)
     args = ap.parse_args()
+    STUDENT["model"] = args.student
+    if args.student_api_base:
+        STUDENT["api_base"] = args.student_api_base
     work = tempfile.mkdtemp(prefix="icd-bench-")
     store = Store.open(args.db or os.path.join(work, "bench.db"))
     index_dir = os.path.join(work, "index")
