@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import Counter
 from typing import Any
 
 from pydantic import BaseModel
 
-from agentdistill.agents.parsing import parse_action
+from agentdistill.agents.parsing import majority, parse_action
 from agentdistill.distill.icd import DemoIndex, render_demos
 from agentdistill.models import ChatModel, Completion
 
@@ -26,13 +25,6 @@ CASCADE_MODEL = "agentdistill-cascade"
 def _normalized(text: str) -> str:
     """What two samples must share to count as agreeing: the action they name, else the text."""
     return (parse_action(text).action or text.strip()).lower()
-
-
-def majority(texts: list[str]) -> tuple[int, float]:
-    """(index of a sample carrying the majority answer, share of samples that agree with it)."""
-    keys = [_normalized(t) for t in texts]
-    best, count = Counter(keys).most_common(1)[0]
-    return keys.index(best), (count / len(keys) if best else 0.0)
 
 
 class CascadeService:
@@ -58,7 +50,7 @@ class CascadeService:
         prompted, demo_ids = self._with_demos(messages)
         samples = await self.student.acomplete(prompted, n=self.samples, temperature=self.temperature,
                                                max_tokens=max_tokens, stop=stop)
-        pick, agreement = majority([c.text for c in samples])
+        pick, agreement = majority([_normalized(c.text) for c in samples])
         used: list[Completion] = list(samples)
         if agreement > self.threshold:
             chosen, answered_by = samples[pick], self.student.id

@@ -36,3 +36,11 @@ def test_nothing_usable():
 
 def test_unrelated_text_is_not_forced_onto_an_action():
     assert parse_action("Action: eat the moon", ADMISSIBLE).action == "eat the moon"
+
+
+def test_majority_ignores_unparsable_samples_but_counts_them_against_agreement():
+    from agentdistill.agents.parsing import majority
+
+    assert majority(["go to kitchen", "", "go to kitchen", "look around"]) == (0, 0.5)
+    assert majority(["", "look around", ""]) == (1, 1 / 3)
+    assert majority(["", ""]) == (0, 0.0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 _ACTION = re.compile(r"^\s*(?:\**\s*)?action\s*(?:\d+\s*)?\**\s*[:=]\s*(.*)$", re.IGNORECASE)
@@ -72,3 +73,13 @@ def parse_action(text: str, admissible: list[str] | None = None, cutoff: float =
         if snapped is not None:
             return ParsedAction(snapped, thought, matched=True)
     return ParsedAction(action, thought)
+
+
+def majority(answers: list[str]) -> tuple[int, float]:
+    """(index of a sample carrying the most common non-empty answer, share of all samples that give
+    it). Empty answers (nothing parsable) never win and count against the share: (0, 0.0) if all empty."""
+    counts = Counter(a for a in answers if a)
+    if not counts:
+        return 0, 0.0
+    best, n = counts.most_common(1)[0]
+    return answers.index(best), n / len(answers)

@@ -7,7 +7,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentdistill.agents.parsing import parse_action
+from agentdistill.agents.parsing import majority, parse_action
 from agentdistill.distill.icd import Demo, Retrieval, render_demos
 from agentdistill.envs.base import Env, Task
 from agentdistill.models import ChatModel, Message, call_record
@@ -154,14 +154,14 @@ class LLMPolicy(Policy):
         completions = await self.model.acomplete(msgs, **params)
         admissible = await asyncio.to_thread(ctx.env.admissible_actions) if self.match_admissible else None
         parsed = [parse_action(c.text, admissible) for c in completions]
-        # with n > 1 samples, act on the most common action (self-consistency)
-        actions = [p.action for p in parsed if p.action]
-        best = max(set(actions), key=actions.count) if actions else ""
-        chosen = next((p for p in parsed if p.action == best), parsed[0])
+        # with n > 1 samples, act on the most common action (self-consistency); the share that
+        # agrees on it is the cascade's confidence signal
+        pick, agreement = majority([p.action for p in parsed])
+        chosen = parsed[pick]
+        best = chosen.action
         info: dict[str, Any] = {
             "matched_admissible": chosen.matched if admissible else True,  # no list: nothing to check
-            # share of the samples that agree on the chosen action: the cascade's confidence signal
-            "agreement": actions.count(best) / len(parsed) if actions else 0.0,
+            "agreement": agreement,
         }
         if len(parsed) > 1:
             info["samples"] = [p.action for p in parsed]
@@ -174,7 +174,7 @@ class LLMPolicy(Policy):
             action=best,
             answered_by=self.model.id,
             thought=chosen.thought,
-            raw_output=completions[parsed.index(chosen)].text,
+            raw_output=completions[pick].text,
             calls=[call_record(self.model.id, msgs, params, completions)],
             info=info,
         )
