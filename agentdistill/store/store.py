@@ -223,6 +223,7 @@ class Store:
         role: str | None = None,
         status: str | None = None,
         with_steps: bool = False,
+        ids: list[int] | None = None,
     ) -> list[Episode]:
         with self.session() as s:
             q = select(Episode).options(selectinload(Episode.task)).order_by(Episode.id)
@@ -234,6 +235,34 @@ class Store:
                 q = q.where(Episode.role == role)
             if status:
                 q = q.where(Episode.status == status)
+            if ids is not None:
+                q = q.where(Episode.id.in_(ids))
+            return list(s.scalars(q))
+
+    def successful_episode_ids(
+        self,
+        role: str,
+        env: str | None = None,
+        runs: list[str] | None = None,
+        split: str | None = None,
+        tasks: list[str] | None = None,
+    ) -> list[int]:
+        """Ids of finished, successful episodes matching the filters, selected in SQL (no steps loaded)."""
+        q = (
+            select(Episode.id)
+            .join(Task)
+            .where(Episode.role == role, Episode.status == "done", Episode.success.is_(True))
+            .order_by(Episode.id)
+        )
+        if env:
+            q = q.where(Task.env == env)
+        if runs:
+            q = q.where(Episode.run_id.in_(runs))
+        if split:
+            q = q.where(Task.split == split)
+        if tasks:
+            q = q.where(Task.name.in_(tasks))
+        with self.session() as s:
             return list(s.scalars(q))
 
     # ---- stats ----------------------------------------------------------------------------------
