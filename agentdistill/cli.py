@@ -317,7 +317,7 @@ def report_costs(
             raise AgentDistillError(f"{item!r}: write LABEL=RUN or LABEL=RUN:ROLE, e.g. cascade=9c1d:student")
         run_id, _, role = rest.partition(":")
         spec[label] = (store.get_run(run_id).id, role or "student")
-    rows = cost_report(store, spec, teacher_ids={"expert"} | {e.model for e in store.episodes(role="teacher") if e.model})
+    rows = cost_report(store, spec)
     base = rows[0]
     table = Table(box=box.SIMPLE_HEAD)
     for col in ("policy", "eps", "success [95% CI]", "$/episode", "teacher steps", f"cost vs {base.label}"):

@@ -67,7 +67,7 @@ def main():
         runs[f"cascade t={t:g}"] = (run(f"cascade-{t:g}", "student", {
             **STUDENT, "policy": "cascade", "n": 3, "temperature": 0.7, "threshold": t, "icd": icd,
             "fallback": TEACHER}, args.max_steps), "student")
-    rows = cost_report(store, runs, teacher_ids={"expert"})
+    rows = cost_report(store, runs)
     teacher = rows[0]
     upfront = DemoIndex.load(index_dir).upfront_cost
     print(f"\nheld-out test variations: {len(TASKS)} tasks x {args.variations}; demos from "

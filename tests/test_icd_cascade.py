@@ -6,6 +6,7 @@ import pytest
 from agentdistill.agents.rollout import run_recipe
 from agentdistill.config import parse_recipe
 from agentdistill.distill.icd import DemoIndex, encoder_source
+from agentdistill.report.costs import cost_report
 from agentdistill.store.store import Store
 from tests.conftest import FAMILIES
 
@@ -82,6 +83,8 @@ def test_cascade_defers_to_the_teacher_when_the_student_cannot_agree(demo_store,
         assert st.cost == pytest.approx(0.01)
         assert "skilled agent" in st.calls[0].messages[0]["content"]  # demos were in the student's prompt
     assert ep.cost == pytest.approx(0.04)
+    (row,) = cost_report(demo_store, {"cascade": (ep.run_id, "student")})
+    assert row.teacher_step_share == 1.0 and row.cost_per_episode == pytest.approx(0.04) and row.episodes == 1
 
 
 @pytest.mark.slow
@@ -93,6 +96,8 @@ def test_cascade_lets_the_student_act_when_its_samples_agree(demo_store, tmp_pat
         assert st.answered_by == "local/smollm2-135m" and st.info["deferred"] is False
         assert st.info["agreement"] == 1.0 and [c.model for c in st.calls] == ["local/smollm2-135m"]
     assert ep.cost == 0.0 and ep.prompt_tokens > 0
+    (row,) = cost_report(demo_store, {"cascade": (ep.run_id, "student")})
+    assert row.teacher_step_share == 0.0 and row.cost_per_episode == 0.0
 
 
 @pytest.mark.slow

@@ -29,11 +29,16 @@ class PolicyCost:
         return other.cost_per_episode / self.cost_per_episode if self.cost_per_episode > 0 else None
 
 
-def policy_cost(label: str, episodes: list[Episode], teacher_ids: set[str]) -> PolicyCost:
+def _teacher_answered(episode: Episode, step) -> bool:
+    # a teacher episode is all teacher; a cascade step says itself whether it deferred
+    return episode.role == "teacher" or bool(step.info.get("deferred"))
+
+
+def policy_cost(label: str, episodes: list[Episode]) -> PolicyCost:
     done = [e for e in episodes if e.status == "done"]
     mean, lo, hi = bootstrap_ci([float(bool(e.success)) for e in done])
     steps = [s for e in done for s in e.steps]
-    teacher_steps = sum(1 for s in steps if s.answered_by in teacher_ids)
+    teacher_steps = sum(_teacher_answered(e, s) for e in done for s in e.steps)
     return PolicyCost(
         label=label,
         policy_id=done[0].policy_id if done else "",
@@ -46,10 +51,10 @@ def policy_cost(label: str, episodes: list[Episode], teacher_ids: set[str]) -> P
     )
 
 
-def cost_report(store: Store, runs: dict[str, tuple[str, str]], teacher_ids: set[str]) -> list[PolicyCost]:
+def cost_report(store: Store, runs: dict[str, tuple[str, str]]) -> list[PolicyCost]:
     """`runs`: label -> (run id, role) for each policy compared."""
     return [
-        policy_cost(label, store.episodes(run_id=run_id, role=role, with_steps=True), teacher_ids)
+        policy_cost(label, store.episodes(run_id=run_id, role=role, with_steps=True))
         for label, (run_id, role) in runs.items()
     ]
 
