@@ -18,6 +18,7 @@ class Turn:
     observation: str
     action: str
     thought: str | None = None
+    text: str | None = None  # the agent message verbatim (a trainer scoring sampled text); else rendered
 
 
 @dataclass
@@ -98,6 +99,42 @@ Thought: <one short sentence about what to do next>
 Action: <one command>"""
 
 
+def system_message(env_cls: type[Env], template: str = SYSTEM_PROMPT, context: str | None = None) -> str:
+    """The system prompt for an env; `context` (a skill, privileged hints) is appended when given."""
+    system = template.format(env_description=env_cls.description, action_help=env_cls.action_help)
+    return f"{system}\n\n{context}" if context else system
+
+
+def render_messages(
+    system: str, goal: str, history: list[Turn], observation: str | None, window: int
+) -> list[Message]:
+    """The chat an LLM policy sees: the last `window` turns, then the current observation.
+
+    This is the one place prompts are rendered, so training data built from stored episodes
+    (`agentdistill.train.data`) matches what the policy sees at rollout time token for token.
+    With `observation=None` the chat ends on the last turn's action (a training conversation).
+    """
+    msgs: list[Message] = [{"role": "system", "content": system}]
+    turns = history[-window:] if window > 0 else []
+    omitted = len(history) - len(turns)
+    head = f"Task: {goal}\n"
+    if omitted:
+        head += f"({omitted} earlier steps omitted)\n"
+    for i, turn in enumerate(turns):
+        msgs.append({"role": "user", "content": (head if i == 0 else "") + f"Observation: {turn.observation}"})
+        msgs.append({"role": "assistant", "content": action_text(turn)})
+    if observation is not None:
+        msgs.append({"role": "user", "content": (head if not turns else "") + f"Observation: {observation}"})
+    return msgs
+
+
+def action_text(turn: Turn) -> str:
+    if turn.text is not None:
+        return turn.text
+    thought = f"Thought: {turn.thought}\n" if turn.thought else ""
+    return f"{thought}Action: {turn.action}"
+
+
 class LLMPolicy(Policy):
     """ReAct-style: goal and a window of recent (observation, action) turns; one action per call."""
 
@@ -111,6 +148,7 @@ class LLMPolicy(Policy):
         match_admissible: bool = True,
         system_prompt: str = SYSTEM_PROMPT,
         retrieval: Retrieval | None = None,
+        context: str | None = None,
     ):
         self.model = model
         self.model_id = model.id
@@ -120,6 +158,7 @@ class LLMPolicy(Policy):
         self.match_admissible = match_admissible
         self.system_prompt = system_prompt
         self.retrieval = retrieval  # in-context distillation: teacher demos retrieved per step
+        self.context = context  # extra system text, e.g. a skill
         self.sampling = {"temperature": temperature, "max_tokens": max_tokens, "n": n, "history": history}
         if retrieval:
             self.id += "+icd"
@@ -127,22 +166,10 @@ class LLMPolicy(Policy):
                                     "index": str(retrieval.index.path)}
 
     def messages(self, ctx: EpisodeContext, demos: list[Demo] | None = None) -> list[Message]:
-        env = ctx.env
-        system = self.system_prompt.format(env_description=env.description, action_help=env.action_help)
+        system = system_message(type(ctx.env), self.system_prompt, self.context)
         if demos:
             system += "\n\n" + render_demos(demos)
-        msgs: list[Message] = [{"role": "system", "content": system}]
-        turns = ctx.history[-self.history :] if self.history > 0 else []
-        omitted = len(ctx.history) - len(turns)
-        head = f"Task: {ctx.goal}\n"
-        if omitted:
-            head += f"({omitted} earlier steps omitted)\n"
-        for i, turn in enumerate(turns):
-            msgs.append({"role": "user", "content": (head if i == 0 else "") + f"Observation: {turn.observation}"})
-            thought = f"Thought: {turn.thought}\n" if turn.thought else ""
-            msgs.append({"role": "assistant", "content": f"{thought}Action: {turn.action}"})
-        msgs.append({"role": "user", "content": (head if not turns else "") + f"Observation: {ctx.observation}"})
-        return msgs
+        return render_messages(system, ctx.goal, ctx.history, ctx.observation, self.history)
 
     async def act(self, ctx: EpisodeContext) -> Decision:
         demos = None

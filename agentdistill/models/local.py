@@ -136,6 +136,17 @@ class LocalModel(ChatModel):
         self.price = resolve_price(model_id, price)
         self._loaded = _Loaded.get(self.path, dtype)
 
+    @classmethod
+    def from_model(cls, model_id: str, model, tokenizer, price: Price | None = None) -> LocalModel:
+        """Wrap weights already in memory (a trainer's student), so rollouts use them as they train."""
+        self = cls.__new__(cls)
+        self.id, self.path, self.dtype, self.top_p = model_id, None, str(next(model.parameters()).dtype), 1.0
+        self.price = resolve_price(model_id, price)
+        loaded = _Loaded.__new__(_Loaded)
+        loaded.model, loaded.tokenizer, loaded.lock = model, tokenizer, threading.Lock()
+        self._loaded = loaded
+        return self
+
     @property
     def tokenizer(self):
         return self._loaded.tokenizer
@@ -149,6 +160,7 @@ class LocalModel(ChatModel):
 
         tok = self.tokenizer
         enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        enc = {k: v.to(self.model.device) for k, v in enc.items()}
         prompt_len = enc["input_ids"].shape[1]
         sample = temperature > 0
         gen_kwargs: dict[str, Any] = dict(

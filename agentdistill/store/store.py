@@ -176,6 +176,12 @@ class Store:
                 )
             )
 
+    def annotate_steps(self, episode_id: int, notes: dict[int, dict[str, Any]]) -> None:
+        """Merge `notes[idx]` into the info of step `idx` (e.g. a trainer's per-turn KL); nothing else changes."""
+        with self.session() as s, s.begin():
+            for st in s.scalars(select(Step).where(Step.episode_id == episode_id, Step.idx.in_(list(notes)))):
+                st.info = {**(st.info or {}), **notes[st.idx]}
+
     def add_step(self, episode_id: int, step: StepRecord) -> int:
         """Commit one step and its model calls in one transaction."""
         with self.session() as s, s.begin():

@@ -1,0 +1,251 @@
+"""Training data from the store: stored episodes -> chat conversations -> tokens with an agent-only loss mask.
+
+Conversations are rendered by the same function the LLM policy uses at rollout time
+(`render_messages`), so a trained student sees exactly the prompts it was trained on.
+
+Agent-only loss without `{% generation %}` markers: SmolLM2's template (and many others) has none,
+so TRL's `assistant_only_loss` refuses it. We find each agent turn's characters by rendering the
+chat up to the turn with and without it (the template must be prefix-preserving, which we check),
+then mark the tokens whose offsets fall inside those spans. The span covers the turn's content and
+its end-of-turn token (so the model learns to stop), not the role header the prompt already holds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentdistill.agents.policies import SYSTEM_PROMPT, Turn, render_messages, system_message
+from agentdistill.envs.registry import env_class
+from agentdistill.errors import AgentDistillError, ConfigError
+from agentdistill.models.base import Message
+from agentdistill.store.models import Dataset, Episode, Step
+from agentdistill.store.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Conversation:
+    """One training sample: a chat and, per assistant message, the step it came from and whether it carries loss."""
+
+    episode_id: int
+    messages: list[Message]
+    step_idx: list[int]  # per assistant message, in order
+    train: list[bool]  # per assistant message
+
+
+def episode_conversations(
+    ep: Episode,
+    window: int = 6,
+    unit: str = "chunks",
+    context: str | None = None,
+    learn: Callable[[Step], bool] = lambda step: True,
+    system_prompt: str = SYSTEM_PROMPT,
+    sampled: bool = False,
+) -> list[Conversation]:
+    """Cut one stored episode (steps loaded) into conversations an LLM policy with history `window` would see.
+
+    unit="chunks": consecutive turns in chats of `window + 1` agent turns, each turn trained once; a
+      chunk's last turn sees exactly its rollout-time prompt, earlier turns a shorter history.
+    unit="steps": one chat per step, loss on its last turn only: every turn sees exactly its
+      rollout-time prompt (costs ~window times the tokens).
+    `learn(step)` says which turns carry loss (e.g. only the student's turns after an expert prefix).
+    `sampled=True` uses each step's raw model output as the agent message (what the student actually
+    sampled, for on-policy losses) instead of the parsed thought/action.
+    """
+    if unit not in ("chunks", "steps"):
+        raise ConfigError(f"unknown conversation unit {unit!r}: use chunks or steps")
+    steps = sorted(ep.steps, key=lambda s: s.idx)
+    if not steps:
+        return []
+    system = system_message(env_class(ep.task.env), system_prompt, context)
+    goal = ep.task.goal or ""
+    turns = [Turn(s.observation, s.action, s.thought, (s.raw_output or "").strip() or None if sampled else None)
+             for s in steps]
+    # the chat ending on turn t with window+1 turns equals the rollout prompt at t plus the action
+    ends = list(range(len(steps))) if unit == "steps" else list(range(len(steps) - 1, -1, -(window + 1)))[::-1]
+    out = []
+    for t in ends:
+        first = max(0, t - window)
+        msgs = render_messages(system, goal, turns[: t + 1], None, window + 1)
+        idx = [steps[i].idx for i in range(first, t + 1)]
+        train = [learn(steps[i]) and (unit == "chunks" or i == t) for i in range(first, t + 1)]
+        if any(train):
+            out.append(Conversation(ep.id, msgs, idx, train))
+    return out
+
+
+@dataclass
+class Tokenized:
+    input_ids: list[int]
+    assistant_masks: list[int]  # 1 on tokens that carry loss
+    turn_ids: list[int] = field(default_factory=list)  # per token: index of its assistant message, -1 elsewhere
+
+
+def _render(tokenizer, messages: list[Message], generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def agent_spans(tokenizer, messages: list[Message]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered chat and, per assistant message, the character span the model must produce."""
+    full = _render(tokenizer, messages)
+    spans = []
+    for i, m in enumerate(messages):
+        if m["role"] != "assistant":
+            continue
+        prompt = _render(tokenizer, messages[:i], generation_prompt=True)
+        upto = _render(tokenizer, messages[: i + 1])
+        if not (upto.startswith(prompt) and full.startswith(upto)):
+            raise AgentDistillError(
+                "the tokenizer's chat template is not prefix-preserving (rendering a longer chat changes "
+                "earlier text), so agent turns cannot be located: set a prefix-preserving chat_template "
+                "on the tokenizer"
+            )
+        body = upto[len(prompt):].rstrip()  # content + end-of-turn token, without the trailing newline
+        if m["content"] not in body:
+            raise AgentDistillError(f"the chat template rewrites assistant messages (turn {i}); cannot mask agent turns")
+        spans.append((len(prompt), len(prompt) + len(body)))
+    return full, spans
+
+
+def tokenize_conversation(tokenizer, conv: Conversation) -> Tokenized:
+    if not getattr(tokenizer, "is_fast", False):
+        raise AgentDistillError("agent-turn masking needs a fast tokenizer (tokenizer.json): re-save the model with one")
+    text, spans = agent_spans(tokenizer, conv.messages)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = enc["input_ids"], enc["offset_mapping"]
+    mask, turn_ids = [0] * len(ids), [-1] * len(ids)
+    j = 0
+    for turn, ((start, end), train) in enumerate(zip(spans, conv.train)):
+        while j < len(ids) and offsets[j][0] < start:
+            j += 1
+        while j < len(ids) and offsets[j][0] < end:
+            turn_ids[j] = turn
+            mask[j] = int(train)
+            j += 1
+    return Tokenized(ids, mask, turn_ids)
+
+
+# ---- datasets in the store ----------------------------------------------------------------------
+@dataclass
+class EpisodeFilter:
+    role: str | None = "teacher"
+    success: bool | None = True  # None: successful and failed
+    env: str | None = None
+    runs: list[str] | None = None
+    split: str | None = None
+    tasks: list[str] | None = None
+
+    def select(self, store: Store) -> list[Episode]:
+        from sqlalchemy import select
+        from sqlalchemy.orm import selectinload
+
+        from agentdistill.store.models import Task
+
+        q = (
+            select(Episode)
+            .join(Task)
+            .options(selectinload(Episode.task), selectinload(Episode.steps))
+            .where(Episode.status == "done")
+            .order_by(Episode.id)
+        )
+        if self.role:
+            q = q.where(Episode.role == self.role)
+        if self.success is not None:
+            q = q.where(Episode.success.is_(self.success))
+        if self.env:
+            q = q.where(Task.env == self.env)
+        if self.runs:
+            q = q.where(Episode.run_id.in_(self.runs))
+        if self.split:
+            q = q.where(Task.split == self.split)
+        if self.tasks:
+            q = q.where(Task.name.in_(self.tasks))
+        with store.session() as s:
+            return list(s.scalars(q))
+
+
+def build_sft_dataset(
+    store: Store,
+    tokenizer,
+    out: str | Path,
+    filters: EpisodeFilter,
+    window: int = 6,
+    unit: str = "chunks",
+    max_length: int = 2048,
+    name: str | None = None,
+) -> tuple[int, Any]:
+    """Episodes matching `filters` -> a tokenized HF dataset saved at `out` and recorded in the store.
+
+    Columns: input_ids, assistant_masks (what TRL's SFTTrainer turns into labels), episode_id,
+    messages (JSON). Chats longer than `max_length` tokens are dropped (counted), never cut: a cut
+    chat would train on a prompt the policy never sees. Returns (dataset id, the dataset).
+    """
+    import datasets
+
+    eps = filters.select(store)
+    if not eps:
+        raise AgentDistillError(
+            f"no finished episodes match {_describe(filters)}: collect some first (`agentdistill collect`)"
+        )
+    rows: dict[str, list] = {"input_ids": [], "assistant_masks": [], "episode_id": [], "messages": []}
+    dropped = 0
+    for ep in eps:
+        for conv in episode_conversations(ep, window, unit):
+            tok = tokenize_conversation(tokenizer, conv)
+            if len(tok.input_ids) > max_length:
+                dropped += 1
+                continue
+            rows["input_ids"].append(tok.input_ids)
+            rows["assistant_masks"].append(tok.assistant_masks)
+            rows["episode_id"].append(ep.id)
+            rows["messages"].append(json.dumps(conv.messages))
+    if not rows["input_ids"]:
+        raise AgentDistillError(f"every chat is longer than max_length={max_length} tokens: raise it or lower the window")
+    if dropped:
+        log.warning("dropped %d chats longer than %d tokens", dropped, max_length)
+    ds = datasets.Dataset.from_dict(rows)
+    out = Path(out)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    ds.save_to_disk(str(tmp))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.replace(out)
+    meta = {**filters.__dict__, "window": window, "unit": unit, "max_length": max_length, "dropped": dropped,
+            "tokenizer": getattr(tokenizer, "name_or_path", "")}
+    with store.session() as s, s.begin():
+        row = Dataset(name=name or out.name, kind="sft", path=str(out.resolve()), filters=meta,
+                      episode_ids=[ep.id for ep in eps], n_rows=len(ds))
+        s.add(row)
+        s.flush()
+        dataset_id = row.id
+    return dataset_id, ds
+
+
+def load_dataset_ref(store: Store, ref: str) -> tuple[int | None, Any]:
+    """A dataset by store id or by path -> (id or None, the HF dataset)."""
+    import datasets
+
+    with store.session() as s:
+        row = s.get(Dataset, int(ref)) if ref.isdigit() else None
+        path = Path(row.path) if row else Path(ref)
+        dataset_id = row.id if row else None
+        if row is None:
+            from sqlalchemy import select
+
+            dataset_id = s.scalar(select(Dataset.id).where(Dataset.path == str(path.resolve())))
+    if not (path / "dataset_info.json").exists():
+        raise AgentDistillError(f"no dataset at {path}: build one with `agentdistill train data`")
+    return dataset_id, datasets.load_from_disk(str(path))
+
+
+def _describe(f: EpisodeFilter) -> str:
+    parts = [f"{k}={v}" for k, v in f.__dict__.items() if v is not None]
+    return ", ".join(parts) or "no filters"
