@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # litellm must not fetch prices at import
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")  # our commands print their own counts
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 import typer
 from rich import box
@@ -368,3 +370,168 @@ def serve(
     )
     console.print(f"cascade {student} -> {teacher} on http://{host}:{port}/v1 (model name: agentdistill-cascade)")
     uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+
+
+train_app = typer.Typer(no_args_is_help=True, help="Train small local students from the store (TRL + PEFT).")
+app.add_typer(train_app, name="train")
+
+FilterRole = Annotated[str, typer.Option(help="Episodes of this role (teacher, student, any).")]
+
+
+def _episode_filter(role: str, outcome: str, env: str, split: str, run_ids, task, store):
+    from agentdistill.train.data import EpisodeFilter
+
+    if outcome not in ("success", "failure", "any"):
+        raise AgentDistillError(f"--outcome {outcome!r}: use success, failure or any")
+    return EpisodeFilter(
+        role=None if role == "any" else role,
+        success={"success": True, "failure": False, "any": None}[outcome],
+        env=env,
+        runs=[store.get_run(r).id for r in run_ids] if run_ids else None,
+        split=None if split == "any" else split,
+        tasks=task or None,
+    )
+
+
+def _build_dataset(store, base_model, out, filt, window, unit, max_length):
+    from transformers import AutoTokenizer
+
+    from agentdistill.train.data import build_sft_dataset
+    from agentdistill.train.model import base_checkpoint
+
+    tok = AutoTokenizer.from_pretrained(base_checkpoint(base_model))
+    return build_sft_dataset(store, tok, out, filt, window=window, unit=unit, max_length=max_length)
+
+
+@train_app.command("data")
+def train_data(
+    out: Annotated[Path, typer.Argument(help="Directory for the Hugging Face dataset.")],
+    base_model: Annotated[str, typer.Option(help="Whose tokenizer and chat template to use.")] = "local/smollm2-135m",
+    role: FilterRole = "teacher",
+    outcome: Annotated[str, typer.Option(help="success, failure or any.")] = "success",
+    env: Annotated[str, typer.Option(help="Environment.")] = "scienceworld",
+    split: Annotated[str, typer.Option(help="Task split ('any' for all).")] = "train",
+    run_ids: Annotated[Optional[list[str]], typer.Option("--run", help="Only these runs (repeatable).")] = None,
+    task: Annotated[Optional[list[str]], typer.Option("--task", help="Only these tasks (repeatable).")] = None,
+    window: Annotated[int, typer.Option(help="History turns, as the student policy's `history`.")] = 4,
+    unit: Annotated[str, typer.Option(help="chunks (each turn once) or steps (one chat per step).")] = "chunks",
+    max_length: Annotated[int, typer.Option(help="Longer chats are dropped, not cut.")] = 2048,
+    db: DbOpt = None,
+) -> None:
+    """Build a multi-turn chat SFT dataset with loss on the agent's turns only.
+
+    Example: agentdistill train data data/sft --role teacher --task power-component
+    """
+    store = _store(db)
+    filt = _episode_filter(role, outcome, env, split, run_ids, task, store)
+    dataset_id, ds = _build_dataset(store, base_model, out, filt, window, unit, max_length)
+    tokens = sum(len(x) for x in ds["input_ids"])
+    agent = sum(sum(m) for m in ds["assistant_masks"])
+    console.print(f"dataset {dataset_id}: {out} ({len(ds)} chats, {tokens} tokens, {agent} agent tokens with loss)")
+
+
+@train_app.command("sft")
+def train_sft_cmd(
+    out: Annotated[Path, typer.Argument(help="Checkpoint directory; use it as student model local/<out>.")],
+    dataset: Annotated[Optional[str], typer.Option(help="Dataset id or path (`train data`); default: build one.")] = None,
+    base_model: Annotated[str, typer.Option(help="local/<name|checkpoint|adapter dir>.")] = "local/smollm2-135m",
+    role: FilterRole = "teacher",
+    outcome: Annotated[str, typer.Option(help="success, failure or any.")] = "success",
+    env: Annotated[str, typer.Option(help="Environment.")] = "scienceworld",
+    split: Annotated[str, typer.Option(help="Task split ('any' for all).")] = "train",
+    run_ids: Annotated[Optional[list[str]], typer.Option("--run", help="Only these runs (repeatable).")] = None,
+    task: Annotated[Optional[list[str]], typer.Option("--task", help="Only these tasks (repeatable).")] = None,
+    window: Annotated[int, typer.Option(help="History turns, as the student policy's `history`.")] = 4,
+    full: Annotated[bool, typer.Option("--full", help="Full fine-tune instead of LoRA.")] = False,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
+    epochs: Annotated[float, typer.Option(help="Epochs.")] = 3.0,
+    max_steps: Annotated[int, typer.Option(help="Optimizer steps (> 0 overrides epochs).")] = -1,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 2e-4,
+    batch_size: Annotated[int, typer.Option(help="Per-device batch size.")] = 4,
+    grad_accum: Annotated[int, typer.Option(help="Gradient accumulation steps.")] = 1,
+    max_length: Annotated[int, typer.Option(help="Max tokens per chat.")] = 2048,
+    device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
+    merge: Annotated[bool, typer.Option(help="Save merged full weights instead of the adapter.")] = False,
+    db: DbOpt = None,
+) -> None:
+    """Supervised fine-tuning on stored episodes with TRL's SFTTrainer (+ PEFT LoRA).
+
+    Example: agentdistill train sft ckpt/sft --task power-component && agentdistill collect --policy local/ckpt/sft
+    """
+    from agentdistill.train.data import load_dataset_ref
+    from agentdistill.train.model import Hardware, LoraSpec
+    from agentdistill.train.sft import SFTSpec, train_sft
+
+    hw = Hardware.pick(device)  # fail on a bad device before any work
+    store = _store(db)
+    if dataset:
+        dataset_id, ds = load_dataset_ref(store, dataset)
+    else:
+        filt = _episode_filter(role, outcome, env, split, run_ids, task, store)
+        dataset_id, ds = _build_dataset(store, base_model, out.with_name(out.name + ".data"), filt, window, "chunks",
+                                        max_length)
+    spec = SFTSpec(base_model=base_model, lora=None if full else LoraSpec(r=lora_r, alpha=2 * lora_r), epochs=epochs,
+                   max_steps=max_steps, learning_rate=lr, batch_size=batch_size, grad_accum=grad_accum,
+                   max_length=max_length, merge=merge)
+    result = train_sft(store, ds, out, spec, hw, dataset_id)
+    m = result.metrics
+    console.print(f"checkpoint {result.checkpoint_id}: {out} ({m['steps']} steps, loss {m['first_loss']:.3f} -> "
+                  f"{m['last_loss']:.3f}, {m['tokens_per_s']:.0f} tokens/s on {m['device']}); "
+                  f"use it as model local/{out}")
+
+
+@train_app.command("opd")
+def train_opd_cmd(
+    out: Annotated[Path, typer.Argument(help="Checkpoint directory; use it as student model local/<out>.")],
+    student: Annotated[str, typer.Option(help="local/<name|checkpoint|adapter dir> to start from.")] = "local/smollm2-135m",
+    teacher: Annotated[Optional[str], typer.Option(help="Teacher local model (same tokenizer); default: the student's own weights + --context.")] = None,
+    context: Annotated[str, typer.Option(help="Teacher's privileged context: none, demo (stored expert solution) or skill.")] = "none",
+    skill: Annotated[Optional[list[str]], typer.Option("--skill", help="SKILL.md for --context skill (repeatable); default: from the store.")] = None,
+    method: Annotated[str, typer.Option(help="opd or skill-sd.")] = "opd",
+    divergence: Annotated[str, typer.Option(help="reverse_kl, forward_kl or jsd.")] = "reverse_kl",
+    curriculum: Annotated[str, typer.Option(help="TCOD curriculum: none, f2b or b2f.")] = "none",
+    k_start: Annotated[int, typer.Option(help="TCOD: turns at iteration 0.")] = 1,
+    eta: Annotated[int, typer.Option(help="TCOD: iterations per extra turn.")] = 1,
+    k_max: Annotated[Optional[int], typer.Option(help="TCOD: most turns.")] = None,
+    env: Annotated[str, typer.Option(help="Environment.")] = "scienceworld",
+    split: Annotated[str, typer.Option(help="Training task split.")] = "train",
+    task: Annotated[Optional[list[str]], typer.Option("--task", help="Training tasks (repeatable); default all.")] = None,
+    variations: Annotated[int, typer.Option(help="Variations per task.")] = 4,
+    iterations: Annotated[int, typer.Option(help="Rollout + update iterations.")] = 8,
+    episodes: Annotated[int, typer.Option(help="Student episodes per iteration.")] = 2,
+    max_steps: Annotated[int, typer.Option(help="Student step limit (full horizon).")] = 12,
+    history: Annotated[int, typer.Option(help="History turns the student sees.")] = 4,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1e-4,
+    lam: Annotated[float, typer.Option("--lambda", help="Skill-SD: weight of the distillation term.")] = 1.0,
+    grpo_weight: Annotated[float, typer.Option(help="Skill-SD: weight of the outcome-reward term.")] = 0.0,
+    device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    db: DbOpt = None,
+) -> None:
+    """On-policy distillation: the student rolls out in the env, the teacher scores its tokens.
+
+    Example: agentdistill train opd ckpt/tcod --context demo --curriculum f2b --task power-component
+    """
+    from agentdistill.train.curriculum import Curriculum
+    from agentdistill.train.model import Hardware
+    from agentdistill.train.opd import OPDSpec, train_opd
+
+    hw = Hardware.pick(device)
+    spec = OPDSpec(student=student, teacher=teacher, context=context, skills=skill or [], method=method,
+                   divergence=divergence, curriculum=Curriculum(curriculum, k_start, eta, k_max), env=env, split=split,
+                   tasks=task or None, variations=variations, iterations=iterations, episodes_per_iteration=episodes,
+                   max_steps=max_steps, history=history, learning_rate=lr, skill_sd_lambda=lam,
+                   grpo_weight=grpo_weight, seed=seed)
+    spec.validate()
+    store = _store(db)
+    result = train_opd(store, spec, out, hw)
+    table = Table(box=box.SIMPLE_HEAD, title=f"{spec.method_name}: run {result.run_id}")
+    for col in ("iter", "k", "success", "score", "turns", "divergence", "loss"):
+        table.add_column(col, justify="right")
+    for it in result.iterations:
+        div = "-" if it["divergence"] is None else f"{it['divergence']:.4f}"
+        loss = "-" if it["loss"] is None else f"{it['loss']:.4f}"
+        table.add_row(str(it["iteration"]), str(it["k"] or "full"), f"{it['success']:.0%}", f"{it['score']:.1f}",
+                      f"{it['student_turns']:.1f}", div, loss)
+    console.print(table)
+    console.print(f"checkpoint {result.checkpoint_id}: {out}; use it as model local/{out}")

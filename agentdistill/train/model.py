@@ -64,7 +64,9 @@ def load_student(model_id: str, lora: LoraSpec | None, hw: Hardware, trainable: 
     """(model, tokenizer). A LoRA adapter directory continues training that adapter."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     path = base_checkpoint(model_id)
     dtype = torch.bfloat16 if hw.bf16 else torch.float32
     tok = AutoTokenizer.from_pretrained(path)

@@ -82,6 +82,8 @@ class OPDSpec:
     def validate(self) -> None:
         if self.context not in ("none", "demo", "skill"):
             raise ConfigError(f"unknown teacher context {self.context!r}: use none, demo or skill")
+        if self.divergence not in ("reverse_kl", "forward_kl", "jsd"):
+            raise ConfigError(f"unknown divergence {self.divergence!r}: use reverse_kl, forward_kl or jsd")
         if self.method not in ("opd", "skill-sd"):
             raise ConfigError(f"unknown method {self.method!r}: use opd or skill-sd")
         if self.teacher is None and self.context == "none":
@@ -342,7 +344,7 @@ class OPDTrainer:
                                                       spec.skill_sd_lambda, spec.grpo_weight)
                     loss = mean_loss * len(s.positions) / n_tokens
                 loss.backward()
-                total += float(loss)
+                total += loss.item()
                 if u == 0:  # the divergence the rollout policy had, before this iteration's update
                     for step_idx, v in zip(s.turn_of, values.tolist()):
                         per_turn[(s.episode_id, step_idx)].append(v)
