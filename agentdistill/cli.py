@@ -375,7 +375,14 @@ def serve(
 train_app = typer.Typer(no_args_is_help=True, help="Train small local students from the store (TRL + PEFT).")
 app.add_typer(train_app, name="train")
 
+# episode filters shared by `train data` and `train sft`
 FilterRole = Annotated[str, typer.Option(help="Episodes of this role (teacher, student, any).")]
+FilterOutcome = Annotated[str, typer.Option("--outcome", help="success, failure or any.")]
+FilterEnv = Annotated[str, typer.Option("--env", help="Environment.")]
+FilterSplit = Annotated[str, typer.Option("--split", help="Task split ('any' for all).")]
+FilterRuns = Annotated[Optional[list[str]], typer.Option("--run", help="Only these runs (repeatable).")]
+FilterTasks = Annotated[Optional[list[str]], typer.Option("--task", help="Only these tasks (repeatable).")]
+WindowOpt = Annotated[int, typer.Option("--window", help="History turns, as the student policy's `history`.")]
 
 
 def _episode_filter(role: str, outcome: str, env: str, split: str, run_ids, task, store):
@@ -408,12 +415,12 @@ def train_data(
     out: Annotated[Path, typer.Argument(help="Directory for the Hugging Face dataset.")],
     base_model: Annotated[str, typer.Option(help="Whose tokenizer and chat template to use.")] = "local/smollm2-135m",
     role: FilterRole = "teacher",
-    outcome: Annotated[str, typer.Option(help="success, failure or any.")] = "success",
-    env: Annotated[str, typer.Option(help="Environment.")] = "scienceworld",
-    split: Annotated[str, typer.Option(help="Task split ('any' for all).")] = "train",
-    run_ids: Annotated[Optional[list[str]], typer.Option("--run", help="Only these runs (repeatable).")] = None,
-    task: Annotated[Optional[list[str]], typer.Option("--task", help="Only these tasks (repeatable).")] = None,
-    window: Annotated[int, typer.Option(help="History turns, as the student policy's `history`.")] = 4,
+    outcome: FilterOutcome = "success",
+    env: FilterEnv = "scienceworld",
+    split: FilterSplit = "train",
+    run_ids: FilterRuns = None,
+    task: FilterTasks = None,
+    window: WindowOpt = 4,
     unit: Annotated[str, typer.Option(help="chunks (each turn once) or steps (one chat per step).")] = "chunks",
     max_length: Annotated[int, typer.Option(help="Longer chats are dropped, not cut.")] = 2048,
     db: DbOpt = None,
@@ -436,12 +443,12 @@ def train_sft_cmd(
     dataset: Annotated[Optional[str], typer.Option(help="Dataset id or path (`train data`); default: build one.")] = None,
     base_model: Annotated[str, typer.Option(help="local/<name|checkpoint|adapter dir>.")] = "local/smollm2-135m",
     role: FilterRole = "teacher",
-    outcome: Annotated[str, typer.Option(help="success, failure or any.")] = "success",
-    env: Annotated[str, typer.Option(help="Environment.")] = "scienceworld",
-    split: Annotated[str, typer.Option(help="Task split ('any' for all).")] = "train",
-    run_ids: Annotated[Optional[list[str]], typer.Option("--run", help="Only these runs (repeatable).")] = None,
-    task: Annotated[Optional[list[str]], typer.Option("--task", help="Only these tasks (repeatable).")] = None,
-    window: Annotated[int, typer.Option(help="History turns, as the student policy's `history`.")] = 4,
+    outcome: FilterOutcome = "success",
+    env: FilterEnv = "scienceworld",
+    split: FilterSplit = "train",
+    run_ids: FilterRuns = None,
+    task: FilterTasks = None,
+    window: WindowOpt = 4,
     full: Annotated[bool, typer.Option("--full", help="Full fine-tune instead of LoRA.")] = False,
     lora_r: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
     epochs: Annotated[float, typer.Option(help="Epochs.")] = 3.0,

@@ -1,11 +1,16 @@
 """Does training help? SmolLM2-135M on one ScienceWorld task family: held-out success before and after
 SFT, on-policy distillation (OPD) and OPD + TCOD, each with a bootstrap 95% interval.
 
-Setup: expert (gold-path) episodes on train variations; every student starts from the same base
-weights (LoRA r=16); OPD's teacher is the student's own weights with privileged context (the stored
-expert solution of the variation being played: on-policy self-distillation), reverse KL on the
-student's sampled agent tokens; TCOD adds the front-to-back curriculum. Evaluation: greedy, on test
-variations never trained on, always the full step limit. Each evaluation is recorded in the store.
+Setup: expert (gold-path) episodes on train variations; SFT trains a LoRA (r=16) on them; OPD and
+OPD + TCOD continue from the SFT checkpoint (as OPD is used in practice: the base model's samples
+are not yet agent actions a teacher could usefully score). OPD's teacher is the student's own
+current weights with privileged context (the stored expert solution of the variation being
+played: on-policy self-distillation), reverse KL on the student's sampled agent tokens; TCOD adds
+the front-to-back curriculum. Evaluation: greedy, on test variations never trained on, always the
+full step limit; each evaluation is recorded in the store. Columns: success, ScienceWorld's score
+(-100 when the task is failed, e.g. by focusing on the wrong object), and the share of the
+student's actions that were valid (matched an admissible action) - the first thing a weak student
+learns.
 SmolLM2-135M on a CPU is a proof that the pipeline runs end to end, not a quality claim.
 
 Run: python benchmarks/train_efficacy.py [--task lifespan-longest-lived] [--train-variations 10]
@@ -48,6 +53,7 @@ def main():
     ap.add_argument("--history", type=int, default=2)
     ap.add_argument("--sft-epochs", type=float, default=2.0)
     ap.add_argument("--iterations", type=int, default=8, help="OPD iterations (2 episodes each)")
+    ap.add_argument("--temperature", type=float, default=1.0, help="OPD rollout sampling temperature")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--db", default=None)
     args = ap.parse_args()
@@ -65,16 +71,18 @@ def main():
             "name": f"eval-{label}", "env": {"split": "test", "tasks": [args.task], "variations": args.test_variations},
             "student": {"model": model, "max_tokens": 32, "history": args.history},
             "runner": {"concurrency": 1, "max_steps": args.max_steps}}), progress=False)
-        eps = store.episodes(run_id=run_id)
+        eps = store.episodes(run_id=run_id, with_steps=True)
         success = bootstrap_ci([float(bool(e.success)) for e in eps])
         score = bootstrap_ci([e.score or 0.0 for e in eps])
-        row = {"label": label, "episodes": len(eps), "success": success, "score": score, "train_s": train_s,
-               "tokens_per_s": tokens_s}
+        valid = bootstrap_ci([float(bool(st.info.get("matched_admissible"))) for e in eps for st in e.steps])
+        row = {"label": label, "episodes": len(eps), "success": success, "score": score, "valid": valid,
+               "train_s": train_s, "tokens_per_s": tokens_s}
         with store.session() as s, s.begin():
             s.add(Evaluation(name=f"efficacy:{args.task}:{label}", run_ids=[run_id], checkpoint_id=checkpoint_id,
-                             metrics={"success": success, "score": score, "episodes": len(eps)}))
+                             metrics={"success": success, "score": score, "valid_actions": valid,
+                                      "episodes": len(eps)}))
         print(f"  {label}: success {success[0]:.0%} [{success[1]:.0%}, {success[2]:.0%}], "
-              f"score {score[0]:.1f} [{score[1]:.1f}, {score[2]:.1f}]", flush=True)
+              f"score {score[0]:.1f} [{score[1]:.1f}, {score[2]:.1f}], valid actions {valid[0]:.0%}", flush=True)
         return row
 
     rows = [evaluate("base", BASE, None, None, None)]
@@ -91,10 +99,11 @@ def main():
     rows.append(evaluate("SFT", f"local/{sft.path}", sft.checkpoint_id, time.perf_counter() - t0,
                          sft.metrics["tokens_per_s"]))
 
-    for label, curriculum in (("OPD", Curriculum()), ("OPD+TCOD f2b", Curriculum("f2b", k_start=1, eta=2))):
-        spec = OPDSpec(context="demo", tasks=[args.task], variations=args.train_variations, lora=lora,
-                       iterations=args.iterations, episodes_per_iteration=2, max_steps=args.max_steps,
-                       history=args.history, max_tokens=32, learning_rate=2e-4, curriculum=curriculum)
+    for label, curriculum in (("SFT+OPD", Curriculum()), ("SFT+OPD+TCOD", Curriculum("f2b", k_start=1, eta=2))):
+        spec = OPDSpec(student=f"local/{sft.path}", context="demo", tasks=[args.task],
+                       variations=args.train_variations, iterations=args.iterations, episodes_per_iteration=2,
+                       max_steps=args.max_steps, history=args.history, max_tokens=32, learning_rate=1e-4,
+                       temperature=args.temperature, curriculum=curriculum)
         t0 = time.perf_counter()
         res = train_opd(store, spec, os.path.join(work, label.replace(" ", "_").replace("+", "-")), hw)
         rates = [it["tokens_per_s"] for it in res.iterations if it.get("tokens_per_s")]
@@ -107,11 +116,12 @@ def main():
     print(f"\n{args.task}: trained on {args.train_variations} train variations (expert), evaluated greedily on "
           f"{args.test_variations} held-out test variations, step limit {args.max_steps}; device {hw.device}; "
           f"store {store.engine.url}")
-    print(f"{'student':14} {'eps':>4} {'success [95% CI]':>20} {'score [95% CI]':>22} {'train s':>8} {'tok/s':>6}")
+    print(f"{'student':14} {'eps':>4} {'success [95% CI]':>18} {'score [95% CI]':>22} {'valid [95% CI]':>17} "
+          f"{'train s':>8} {'tok/s':>6}")
     for r in rows:
-        s, c = r["success"], r["score"]
-        print(f"{r['label']:14} {r['episodes']:4d} {f'{s[0]:.0%} [{s[1]:.0%}, {s[2]:.0%}]':>20} "
-              f"{f'{c[0]:.1f} [{c[1]:.1f}, {c[2]:.1f}]':>22} "
+        s, c, v = r["success"], r["score"], r["valid"]
+        print(f"{r['label']:14} {r['episodes']:4d} {f'{s[0]:.0%} [{s[1]:.0%}, {s[2]:.0%}]':>18} "
+              f"{f'{c[0]:.1f} [{c[1]:.1f}, {c[2]:.1f}]':>22} {f'{v[0]:.0%} [{v[1]:.0%}, {v[2]:.0%}]':>17} "
               f"{fmt(r['train_s'], '.0f'):>8} {fmt(r['tokens_per_s'], '.0f'):>6}")
 
 
