@@ -542,3 +542,130 @@ def train_opd_cmd(
                       f"{it['student_turns']:.1f}", div, loss)
     console.print(table)
     console.print(f"checkpoint {result.checkpoint_id}: {out}; use it as model local/{out}")
+
+
+skills_app = typer.Typer(no_args_is_help=True, help="Skill packs: the versioned library and installs into agent hosts.")
+app.add_typer(skills_app, name="skills")
+
+HostOpt = Annotated[str, typer.Option("--host", help="claude-code, codex, gemini-cli, opencode, goose, cursor, or all.")]
+ScopeOpt = Annotated[str, typer.Option("--scope", help="user (~/...) or project (./...).")]
+ProjectOpt = Annotated[Optional[Path], typer.Option("--project", help="Project root for --scope project [default: .].")]
+
+
+@skills_app.command("list")
+def skills_list(
+    installed_: Annotated[bool, typer.Option("--installed", help="What is installed where, instead of the library.")] = False,
+    host: HostOpt = "all",
+    project: ProjectOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """The library's skills and versions, or (--installed) the skills in agent hosts' directories."""
+    table = Table(box=box.SIMPLE_HEAD)
+    if installed_:
+        from agentdistill.skills.hosts import installed
+
+        for col in ("host", "scope", "skill", "version", "managed", "path"):
+            table.add_column(col)
+        for i in installed(host, project=project):
+            table.add_row(i.host, i.scope, i.name, str(i.version or "-"), "yes" if i.managed else "no", str(i.path))
+    else:
+        from agentdistill.skills import library
+
+        for col in ("skill", "version", "distiller", "run", "sha256", "created"):
+            table.add_column(col)
+        for v in library.versions(_store(db)):
+            table.add_row(v.name, str(v.version), v.distiller or "-", v.run_id or "-", v.sha256[:12],
+                          str(v.created_at)[:19])
+    console.print(table)
+
+
+@skills_app.command("show")
+def skills_show(name: str, version: Annotated[Optional[int], typer.Option(help="Default: latest.")] = None,
+                db: DbOpt = None) -> None:
+    """A skill version's provenance and SKILL.md."""
+    from agentdistill.skills import library
+
+    v = library.get(_store(db), name, version)
+    console.print(f"{v.name} v{v.version} (id {v.id}, parent {v.parent_id or '-'}, distiller {v.distiller or '-'}, "
+                  f"run {v.run_id or '-'}, sha256 {v.sha256[:12]}) files: {', '.join(sorted(v.pack.files))}",
+                  highlight=False)
+    if v.metrics:
+        console.print(f"metrics: {v.metrics}", highlight=False)
+    console.print(v.pack.files["SKILL.md"], markup=False, highlight=False)
+
+
+@skills_app.command("validate")
+def skills_validate(paths: Annotated[list[Path], typer.Argument(help="Skill pack directories.")]) -> None:
+    """Check packs against the Agent Skills spec (skills-ref) and our layout rules."""
+    from agentdistill.skills.pack import SkillPack
+
+    bad = 0
+    for p in paths:
+        errors = SkillPack.load(p).validate()
+        bad += bool(errors)
+        console.print(f"{p}: " + ("valid" if not errors else "; ".join(errors)), highlight=False)
+    if bad:
+        raise typer.Exit(1)
+
+
+@skills_app.command("add")
+def skills_add(path: Annotated[Path, typer.Argument(help="Skill pack directory to store as a new version.")],
+               db: DbOpt = None) -> None:
+    """Store a pack from disk as the next version of its skill."""
+    from agentdistill.skills import library
+    from agentdistill.skills.pack import SkillPack
+
+    v = library.save(_store(db), SkillPack.load(path), distiller="import")
+    console.print(f"{v.name} v{v.version} (sha256 {v.sha256[:12]})")
+
+
+@skills_app.command("diff")
+def skills_diff(name: str, a: int, b: int, db: DbOpt = None) -> None:
+    """Unified diff between two versions of a skill."""
+    from agentdistill.skills import library
+
+    console.print(library.diff(_store(db), name, a, b) or "(identical)", markup=False, highlight=False)
+
+
+@skills_app.command("rollback")
+def skills_rollback(name: str, version: int, db: DbOpt = None) -> None:
+    """Make an old version's contents the latest version (history is kept)."""
+    from agentdistill.skills import library
+
+    v = library.rollback(_store(db), name, version)
+    console.print(f"{v.name} v{v.version} now has the contents of v{version}")
+
+
+@skills_app.command("install")
+def skills_install(
+    name: str,
+    host: HostOpt = "claude-code",
+    scope: ScopeOpt = "project",
+    version: Annotated[Optional[int], typer.Option(help="Default: latest (also how to upgrade or roll back).")] = None,
+    project: ProjectOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Install (or upgrade / roll back) a library skill into agent hosts; never touches unmanaged skills."""
+    from agentdistill.skills import hosts, library
+
+    v = library.get(_store(db), name, version)
+    for h in hosts.hosts(host):
+        if host == "all" and (h.user if scope == "user" else h.project) is None:
+            console.print(f"{h.name}: no {scope}-scope skills directory, skipped")
+            continue
+        path = hosts.install(v.pack, h, scope, version=v.version, project=project)
+        console.print(f"{h.name}: {name} v{v.version} -> {path}", highlight=False)
+
+
+@skills_app.command("uninstall")
+def skills_uninstall(name: str, host: HostOpt = "claude-code", scope: ScopeOpt = "project",
+                     project: ProjectOpt = None) -> None:
+    """Remove a skill agentdistill installed (and the directories its install created)."""
+    from agentdistill.skills import hosts
+
+    for h in hosts.hosts(host):
+        if host == "all":
+            base = (h.user if scope == "user" else h.project)
+            if base is None or not (hosts.skills_dir(h, scope, project) / name).exists():
+                continue
+        console.print(f"{h.name}: removed {hosts.uninstall(name, h, scope, project=project)}", highlight=False)

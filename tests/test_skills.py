@@ -187,8 +187,9 @@ def test_install_then_uninstall_for_every_host_leaves_the_tree_as_it_was(tmp_pat
     from agentdistill.skills.hosts import HOSTS, install, installed, uninstall
 
     home, project = tmp_path / "home", tmp_path / "project"
-    (home / ".config").mkdir(parents=True)  # a pre-existing parent must survive uninstall
-    (home / ".config" / "settings.txt").write_text("keep")
+    (home / ".cursor").mkdir(parents=True)  # a pre-existing parent must survive uninstall
+    (home / ".cursor" / "settings.txt").write_text("keep")
+    # ~/.config does not exist: opencode's and goose's installs share it, and it must go with the last one
     (project / ".claude" / "skills" / "mine").mkdir(parents=True)  # someone else's skill
     (project / ".claude" / "skills" / "mine" / "SKILL.md").write_text("---\nname: mine\ndescription: x\n---\n")
     before_home, before_project = snapshot(home), snapshot(project)
@@ -209,6 +210,12 @@ def test_install_then_uninstall_for_every_host_leaves_the_tree_as_it_was(tmp_pat
     for host, scope in done:
         uninstall(p.name, host, scope, project=project, home=home)
     assert snapshot(home) == before_home and snapshot(project) == before_project
+    for order in (done, done[::-1]):  # whichever host goes first
+        for host, scope in order:
+            install(p, host, scope, project=project, home=home)
+        for host, scope in order:
+            uninstall(p.name, host, scope, project=project, home=home)
+        assert snapshot(home) == before_home and snapshot(project) == before_project
 
 
 def test_unmanaged_directories_are_never_touched(tmp_path):

@@ -116,11 +116,30 @@ def uninstall(name: str, host: Host, scope: str, *, project: Path | None = None,
     if marker is None:
         raise AgentDistillError(f"{target} is not managed by agentdistill: refusing to remove it")
     shutil.rmtree(target)
-    for d in marker.get("created_dirs", []):  # deepest first, as recorded
+    root = _root(scope, project, home)
+    for d in sorted(marker.get("created_dirs", []), key=lambda d: -len(Path(d).parts)):  # deepest first
         p = Path(d)
-        if p.is_dir() and not any(p.iterdir()):
+        if not p.is_dir():
+            continue
+        if not any(p.iterdir()):
             p.rmdir()
+        else:  # another managed pack lives below (e.g. two hosts under ~/.config): it inherits the claim
+            _hand_over(p, root)
     return target
+
+
+def _hand_over(created: Path, root: Path) -> None:
+    for host in HOSTS.values():
+        for rel in (host.user, host.project):
+            base = root / rel if rel else None
+            if base is None or created not in base.parents or not base.is_dir():
+                continue
+            for pack_dir in base.iterdir():
+                m = read_marker(pack_dir)
+                if m is not None and str(created) not in m.get("created_dirs", []):
+                    m["created_dirs"] = m.get("created_dirs", []) + [str(created)]
+                    (pack_dir / MARKER).write_text(json.dumps(m, indent=1))
+                    return
 
 
 def installed(host_name: str = "all", *, project: Path | None = None, home: Path | None = None) -> list[Installed]:
