@@ -669,3 +669,82 @@ def skills_uninstall(name: str, host: HostOpt = "claude-code", scope: ScopeOpt =
             if base is None or not (hosts.skills_dir(h, scope, project) / name).exists():
                 continue
         console.print(f"{h.name}: removed {hosts.uninstall(name, h, scope, project=project)}", highlight=False)
+
+
+@app.command("eval")
+def eval_cmd(
+    skill: Annotated[str, typer.Option(help="Skill pack: library name (name or name@3) or a pack directory.")],
+    model: Annotated[str, typer.Option(help="The student model id.")] = "local/smollm2-135m",
+    api_base: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server URL for the model.")] = None,
+    mode: Annotated[str, typer.Option(help="inline or progressive (names listed, bodies loaded on request).")] = "inline",
+    env: Annotated[str, typer.Option(help="Environment.")] = "scienceworld",
+    split: Annotated[str, typer.Option(help="Held-out split.")] = "test",
+    task: Annotated[Optional[list[str]], typer.Option("--task", help="Task (repeatable); default all.")] = None,
+    variations: Annotated[int, typer.Option(help="Variations per task.")] = 5,
+    max_steps: Annotated[int, typer.Option(help="Step limit per episode.")] = 20,
+    max_tokens: Annotated[int, typer.Option(help="Max tokens per model call.")] = 64,
+    history: Annotated[int, typer.Option(help="History turns the student sees.")] = 4,
+    concurrency: Annotated[int, typer.Option(help="Episodes at once.")] = 2,
+    db: DbOpt = None,
+) -> None:
+    """Paired A/B evaluation: the same student and tasks with and without a skill pack.
+
+    Example: agentdistill eval --skill measure-temperature --task measure-melting-point-known-substance
+    """
+    from agentdistill.skills.evaluate import ab_evaluate
+
+    if mode not in ("inline", "progressive"):
+        raise AgentDistillError(f"--mode {mode!r}: use inline or progressive")
+    student: dict = {"model": model, "max_tokens": max_tokens, "history": history}
+    if api_base:
+        student["api_base"] = api_base
+    r = ab_evaluate(_store(db), skill, student,
+                    {"name": env, "split": split, "tasks": task or None, "variations": variations},
+                    {"concurrency": concurrency, "max_steps": max_steps}, mode)
+    for what in ("success", "score"):
+        m = r.metrics[what]
+        fmt = "{:.0%}" if what == "success" else "{:.1f}"
+        console.print(f"{what}: without {fmt.format(m['without'])}, with {fmt.format(m['with'])}; difference "
+                      f"{fmt.format(m['diff'])} [95% CI {fmt.format(m['ci95'][0])}, {fmt.format(m['ci95'][1])}] "
+                      f"over {r.pairs} paired episodes", highlight=False)
+    console.print(f"evaluation {r.evaluation_id}: runs without={r.runs['without']} with={r.runs['with']}")
+
+
+@skills_app.command("distill")
+def skills_distill(
+    name: Annotated[str, typer.Option(help="Skill name (lowercase, hyphens).")],
+    method: Annotated[str, typer.Option(help="trace2skill (SPARK: `skills spark`).")] = "trace2skill",
+    analyst: Annotated[str, typer.Option(help="trace (deterministic, reads the steps) or a model id.")] = "trace",
+    api_base: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server URL for the analyst model.")] = None,
+    mode: Annotated[str, typer.Option(help="create, or deepen the latest version.")] = "create",
+    description: Annotated[Optional[str], typer.Option(help="Description for a new pack.")] = None,
+    role: FilterRole = "any",
+    outcome: FilterOutcome = "any",
+    env: FilterEnv = "scienceworld",
+    split: FilterSplit = "any",
+    run_ids: FilterRuns = None,
+    task: FilterTasks = None,
+    concurrency: Annotated[int, typer.Option(help="Analysts at once.")] = 8,
+    db: DbOpt = None,
+) -> None:
+    """Distill stored trajectories into a skill pack version (Trace2Skill).
+
+    Example: agentdistill skills distill --name power-component --task power-component --analyst openai/gpt-4.1-mini
+    """
+    from agentdistill.skills.trace2skill import LLMAnalyst, TraceAnalyst, distill
+
+    if method != "trace2skill":
+        raise AgentDistillError(f"--method {method!r}: use trace2skill (SPARK runs episodes: `agentdistill skills spark`)")
+    store = _store(db)
+    episodes = _episode_filter(role, outcome, env, split, run_ids, task, store).select(store)
+    if analyst == "trace":
+        agent = TraceAnalyst()
+    else:
+        from agentdistill.models import make_model
+
+        agent = LLMAnalyst(make_model(analyst, **({"api_base": api_base} if api_base else {})))
+    r = distill(store, episodes, name=name, analyst=agent, description=description, mode=mode, concurrency=concurrency)
+    v = r.version
+    console.print(f"{v.name} v{v.version} from {len(episodes)} trajectories: {r.proposed} operations proposed, "
+                  f"{len(v.pack.files)} file(s); merged in {r.levels} level(s), {len(r.dropped)} dropped as "
+                  f"duplicates/conflicts, {len(r.skipped)} skipped, {len(r.invalid)} invalid", highlight=False)

@@ -52,6 +52,8 @@ class PolicySpec(_Strict):
     threshold: float = Field(0.5, ge=0, le=1)  # cascade: the student acts if its agreement exceeds this
     require_admissible: bool = True  # cascade: ...and if its action is admissible (when the env lists them)
     fallback: PolicySpec | None = None  # cascade: who acts when the student's samples disagree
+    skills: list[str] = []  # skill packs: library names ("name" or "name@3") or pack directories
+    skill_mode: Literal["inline", "progressive"] = "inline"
 
     @model_validator(mode="after")
     def _model_matches_policy(self) -> PolicySpec:
@@ -63,6 +65,8 @@ class PolicySpec(_Strict):
             raise ValueError('fallback is only for policy "cascade": remove it')
         if self.policy == "expert" and self.icd is not None:
             raise ValueError('icd is for llm and cascade students: remove it from the expert')
+        if self.policy == "expert" and self.skills:
+            raise ValueError('skills are for llm and cascade students: remove them from the expert')
         if self.policy == "expert" and self.model:
             raise ValueError('policy "expert" uses the environment\'s own expert: remove model')
         if self.model:

@@ -1,5 +1,6 @@
 """An OpenAI-compatible stand-in server for tests and benchmarks: fixed latency per call, scripted
-failures, and a record of what it received. It is not a model: it answers with a fixed reply."""
+failures, and a record of what it received. It is not a model: it answers with a fixed reply, or
+with what a given function of the request returns (scripted answers)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
 
 class OpenAIStub:
-    def __init__(self, reply: str = "Action: look around", latency: float = 0.0, failures: list[int] | None = None):
+    def __init__(self, reply: str | Callable[[dict[str, Any]], str] = "Action: look around", latency: float = 0.0,
+                 failures: list[int] | None = None):
         self.reply = reply
         self.latency = latency
         self.failures = list(failures or [])  # HTTP statuses to answer with, in order, before succeeding
@@ -53,13 +56,14 @@ class OpenAIStub:
         if status != 200:
             return {"error": {"message": f"stub error {status}", "type": "rate_limit" if status == 429 else "server"}}
         n = body.get("n") or 1
+        text = self.reply(body) if callable(self.reply) else self.reply
         return {
             "id": "stub",
             "object": "chat.completion",
             "created": 0,
             "model": body.get("model", "stub"),
             "choices": [
-                {"index": i, "message": {"role": "assistant", "content": self.reply}, "finish_reason": "stop"}
+                {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
                 for i in range(n)
             ],
             "usage": {"prompt_tokens": 20, "completion_tokens": 4 * n, "total_tokens": 20 + 4 * n},

@@ -20,6 +20,7 @@ class CascadePolicy(Policy):
         self.require_admissible = require_admissible and student.match_admissible
         self.id = f"cascade:{student.id}->{teacher.id}"
         self.model_id = student.model_id
+        self.skill_version_id = student.skill_version_id
         self.sampling = {**student.sampling, "threshold": threshold, "require_admissible": self.require_admissible,
                          "teacher": teacher.id, **{
             f"teacher_{k}": v for k, v in teacher.sampling.items()}}

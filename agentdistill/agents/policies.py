@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +12,7 @@ from agentdistill.agents.parsing import majority, parse_action
 from agentdistill.distill.icd import Demo, Retrieval, render_demos
 from agentdistill.envs.base import Env, Task
 from agentdistill.models import ChatModel, Message, call_record
+from agentdistill.skills.pack import SkillPack
 
 
 @dataclass
@@ -28,6 +30,7 @@ class EpisodeContext:
     observation: str  # the current one, not yet acted on
     history: list[Turn]
     env: Env
+    state: dict[str, Any] = field(default_factory=dict)  # a policy's per-episode memory (e.g. loaded skills)
 
 
 @dataclass
@@ -135,8 +138,21 @@ def action_text(turn: Turn) -> str:
     return f"{thought}Action: {turn.action}"
 
 
+LOAD_SKILL = re.compile(r"^\s*load[ _]skill\s+([a-z0-9-]+)\s*$", re.I)
+
+
+def skill_catalog(skills: list[SkillPack]) -> str:
+    lines = [f"- {p.name}: {p.description}" for p in skills]
+    return ("Skills you can load (reply `Action: load skill <name>` to read one; it does not cost a step):\n"
+            + "\n".join(lines))
+
+
 class LLMPolicy(Policy):
-    """ReAct-style: goal and a window of recent (observation, action) turns; one action per call."""
+    """ReAct-style: goal and a window of recent (observation, action) turns; one action per call.
+
+    Skill packs ride along `inline` (every body in the system prompt) or by `progressive`
+    disclosure (names and descriptions listed; the agent loads a body with `load skill <name>`,
+    answered within the same step)."""
 
     def __init__(
         self,
@@ -149,6 +165,8 @@ class LLMPolicy(Policy):
         system_prompt: str = SYSTEM_PROMPT,
         retrieval: Retrieval | None = None,
         context: str | None = None,
+        skills: list[tuple[SkillPack, int | None]] | None = None,
+        skill_mode: str = "inline",
     ):
         self.model = model
         self.model_id = model.id
@@ -159,17 +177,47 @@ class LLMPolicy(Policy):
         self.system_prompt = system_prompt
         self.retrieval = retrieval  # in-context distillation: teacher demos retrieved per step
         self.context = context  # extra system text, e.g. a skill
+        self.skills = [p for p, _ in skills or []]
+        self.skill_mode = skill_mode
+        self.skill_version_id = skills[0][1] if skills else None  # the episode's pack (first, if several)
+        if skills:
+            self.id += f"+skills:{skill_mode}"
+            self.sampling["skills"] = [{"name": p.name, "version_id": v, "sha256": p.sha256} for p, v in skills]
+            self.sampling["skill_mode"] = skill_mode
         self.sampling = {"temperature": temperature, "max_tokens": max_tokens, "n": n, "history": history}
         if retrieval:
             self.id += "+icd"
             self.sampling["icd"] = {"k": retrieval.k, "unit": retrieval.unit, "window": retrieval.window,
                                     "index": str(retrieval.index.path)}
 
+    def _skill_context(self, ctx: EpisodeContext) -> str | None:
+        if not self.skills:
+            return self.context
+        if self.skill_mode == "inline":
+            parts = [p.as_prompt() for p in self.skills]
+        else:
+            loaded = ctx.state.get("skills_loaded", [])
+            parts = [skill_catalog(self.skills)] + [p.as_prompt() for p in self.skills if p.name in loaded]
+        return "\n\n".join(([self.context] if self.context else []) + parts)
+
     def messages(self, ctx: EpisodeContext, demos: list[Demo] | None = None) -> list[Message]:
-        system = system_message(type(ctx.env), self.system_prompt, self.context)
+        system = system_message(type(ctx.env), self.system_prompt, self._skill_context(ctx))
         if demos:
             system += "\n\n" + render_demos(demos)
         return render_messages(system, ctx.goal, ctx.history, ctx.observation, self.history)
+
+    def _load_requested(self, ctx: EpisodeContext, completions) -> str | None:
+        """The skill the model asked to load (progressive disclosure), if any not loaded yet."""
+        if self.skill_mode != "progressive" or not self.skills:
+            return None
+        names = {p.name for p in self.skills}
+        loaded = ctx.state.setdefault("skills_loaded", [])
+        for c in completions:
+            m = LOAD_SKILL.match(parse_action(c.text, None).action or "")
+            if m and m.group(1).lower() in names and m.group(1).lower() not in loaded:
+                loaded.append(m.group(1).lower())
+                return m.group(1).lower()
+        return None
 
     async def act(self, ctx: EpisodeContext) -> Decision:
         demos = None
@@ -179,6 +227,12 @@ class LLMPolicy(Policy):
         msgs = self.messages(ctx, demos)
         params = {"n": self.n, "temperature": self.temperature, "max_tokens": self.max_tokens, "stop": ["\nObservation"]}
         completions = await self.model.acomplete(msgs, **params)
+        calls = [call_record(self.model.id, msgs, params, completions)]
+        loaded = self._load_requested(ctx, completions)
+        if loaded:  # progressive disclosure: the body joins the prompt, and the model answers again
+            msgs = self.messages(ctx, demos)
+            completions = await self.model.acomplete(msgs, **params)
+            calls.append(call_record(self.model.id, msgs, params, completions))
         admissible = await asyncio.to_thread(ctx.env.admissible_actions) if self.match_admissible else None
         parsed = [parse_action(c.text, admissible) for c in completions]
         # with n > 1 samples, act on the most common action (self-consistency); the share that
@@ -194,6 +248,8 @@ class LLMPolicy(Policy):
             info["samples"] = [p.action for p in parsed]
         if demos:
             info["demos"] = [[d.episode_id, d.step_idx] for d in demos]
+        if loaded:
+            info["skill_loaded"] = loaded
         if not best:
             best = ctx.env.fallback_action
             info["parse_failed"] = True
@@ -202,6 +258,6 @@ class LLMPolicy(Policy):
             answered_by=self.model.id,
             thought=chosen.thought,
             raw_output=completions[pick].text,
-            calls=[call_record(self.model.id, msgs, params, completions)],
+            calls=calls,
             info=info,
         )

@@ -40,6 +40,7 @@ def build_policy(spec: PolicySpec, store: Store | None = None, env_name: str = "
             api_base=spec.api_base, api_key_env=spec.api_key_env, timeout=spec.timeout, max_retries=spec.max_retries
         )
     model = make_model(spec.model, **options)
+    skills = resolve_skills(spec.skills, store) if spec.skills else None
     return LLMPolicy(
         model,
         temperature=spec.temperature,
@@ -48,7 +49,32 @@ def build_policy(spec: PolicySpec, store: Store | None = None, env_name: str = "
         history=spec.history,
         match_admissible=spec.match_admissible,
         retrieval=retrieval,
+        skills=skills,
+        skill_mode=spec.skill_mode,
     )
+
+
+def resolve_skills(refs: list[str], store: Store | None):
+    """Library names ("name", "name@3") or pack directories -> [(pack, version id)]. A directory is
+    stored in the library first, so every episode names the exact version it ran with."""
+    from pathlib import Path
+
+    from agentdistill.skills import library
+    from agentdistill.skills.pack import SkillPack
+
+    if store is None:
+        raise AgentDistillError("a policy with skills needs the store (the skill library)")
+    out = []
+    for ref in refs:
+        if Path(ref).is_dir():
+            v = library.save(store, SkillPack.load(ref), distiller="import")
+        else:
+            name, _, version = ref.partition("@")
+            if version and not version.isdigit():
+                raise AgentDistillError(f"skill {ref!r}: write a version as name@3")
+            v = library.get(store, name, int(version) if version else None)
+        out.append((v.pack, v.id))
+    return out
 
 
 def default_index_dir(env_name: str) -> str:

@@ -119,14 +119,16 @@ class Runner:
                 model=policy.model_id,
                 sampling=policy.sampling,
                 seed=spec.seed,
+                skill_version_id=getattr(policy, "skill_version_id", None),
             )
         last_info: dict[str, Any] = {}
         try:
             obs = await asyncio.to_thread(env.reset, task, spec.seed)
             self.store.task_id(task.env, task.name, task.variation, task.split, goal=obs.goal)
             history, current, done, last_info = await self._replay(env, task, spec.seed, episode_id, obs.text)
+            state: dict[str, Any] = {}  # the policy's memory for this episode
             while not done and len(history) < self.max_steps[spec.role]:
-                ctx = EpisodeContext(task, obs.goal, current, history, env)
+                ctx = EpisodeContext(task, obs.goal, current, history, env, state)
                 try:
                     decision = await policy.act(ctx)
                 except EpisodeOver:

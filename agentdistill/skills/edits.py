@@ -226,6 +226,8 @@ def apply_op(pack: SkillPack, op: Op) -> SkillPack:
             head, body = text[: m.end()], text[m.end():]
     lines = body.split("\n")
     new_lines = [line for line in (op.text or "").strip("\n").split("\n")]
+    if op.op in ("insert_after", "insert_before", "append_to_section") and _norm(op.text) in _norm(body):
+        raise ConfigError(f"{op.op}: the text is already in {op.file}")  # deepening twice adds nothing twice
     if op.op in ("insert_after", "insert_before"):
         i = next((k for k, line in enumerate(lines) if op.anchor.strip() in line), None)
         if i is None:
