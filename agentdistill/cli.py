@@ -57,6 +57,10 @@ def _store(db: str | None, migrate_fresh: bool = True):
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:  # deprecation notices from transformers' internals are not the user's to act on
+        import warnings
+
+        warnings.filterwarnings("ignore", category=FutureWarning)
     # third-party chatter is not ours to show
     for noisy in ("LiteLLM", "litellm", "httpx", "py4j", "transformers"):
         logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.ERROR)
@@ -748,3 +752,60 @@ def skills_distill(
     console.print(f"{v.name} v{v.version} from {len(episodes)} trajectories: {r.proposed} operations proposed, "
                   f"{len(v.pack.files)} file(s); merged in {r.levels} level(s), {len(r.dropped)} dropped as "
                   f"duplicates/conflicts, {len(r.skipped)} skipped, {len(r.invalid)} invalid", highlight=False)
+
+
+@skills_app.command("spark")
+def skills_spark(
+    name: Annotated[str, typer.Option(help="Skill name (lowercase, hyphens).")],
+    model: Annotated[str, typer.Option(help="The exploring agent's model id.")] = "local/smollm2-135m",
+    api_base: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server URL for the agent.")] = None,
+    fallback: Annotated[Optional[str], typer.Option(help="Make the agent a cascade with this teacher: expert or a model id.")] = None,
+    threshold: Annotated[float, typer.Option(help="Cascade agreement threshold.")] = 0.5,
+    reflector: Annotated[str, typer.Option(help="trace (deterministic) or a model id for reflection and distillation.")] = "trace",
+    env: Annotated[str, typer.Option(help="Environment.")] = "scienceworld",
+    split: Annotated[str, typer.Option(help="Task split.")] = "train",
+    task: Annotated[Optional[list[str]], typer.Option("--task", help="Task (repeatable); default all.")] = None,
+    variations: Annotated[int, typer.Option(help="Variations per task.")] = 1,
+    attempts: Annotated[int, typer.Option(help="Attempts per task (execute, judge, reflect, retry).")] = 3,
+    max_steps: Annotated[int, typer.Option(help="Step limit per attempt.")] = 30,
+    pdi: Annotated[str, typer.Option(help="Posterior Distillation Index: off, observe or intervene.")] = "intervene",
+    pdi_method: Annotated[str, typer.Option(help="token_overlap or js_divergence.")] = "token_overlap",
+    db: DbOpt = None,
+) -> None:
+    """SPARK: explore each task with retries and an evolving memo (PDI online), distill the verified runs.
+
+    Example: agentdistill skills spark --name power --task power-component --model local/smollm2-135m --fallback expert
+    """
+    from agentdistill.agents.rollout import build_policy, select_tasks
+    from agentdistill.config import PolicySpec, parse_recipe
+    from agentdistill.envs import make
+    from agentdistill.models import make_model
+    from agentdistill.skills.spark import LLMReflector, TraceReflector, distill_spark, run_spark
+
+    if pdi not in ("off", "observe", "intervene"):
+        raise AgentDistillError(f"--pdi {pdi!r}: use off, observe or intervene")
+    spec: dict = {"model": model, "max_tokens": 48, "history": 4}
+    if api_base:
+        spec["api_base"] = api_base
+    if fallback:
+        spec.update(policy="cascade", n=3, temperature=0.7, threshold=threshold,
+                    fallback={"policy": "expert"} if fallback == "expert" else {"model": fallback})
+    recipe = parse_recipe({"env": {"name": env, "split": split, "tasks": task or None, "variations": variations},
+                           "student": spec}, "spark options")
+    store = _store(db)
+    policy = build_policy(PolicySpec.model_validate(spec), store, env)
+    probe = make(env)
+    try:
+        tasks = select_tasks(probe, recipe)
+    finally:
+        probe.close()
+    refl = TraceReflector() if reflector == "trace" else LLMReflector(make_model(reflector))
+    run_id, outcomes = run_spark(store, policy, env, tasks, max_attempts=attempts, max_steps=max_steps, pdi=pdi,
+                                 pdi_method=pdi_method, reflector=refl, run_name=f"spark-{name}")
+    for o in outcomes:
+        trail = ", ".join(f"{a.status} {a.score}" for a in o.attempts)
+        pdis = ", ".join(f"{s.weighted_pdi:.2f}{'*' if s.triggered else ''}" for s in o.pdi) or "-"
+        console.print(f"{o.task.key}: {trail}; PDI {pdis}", highlight=False)
+    v = distill_spark(store, outcomes, name, run_id, summarizer=None if reflector == "trace" else refl.model)
+    console.print(f"{v.name} v{v.version}: {v.metrics['solved']}/{v.metrics['tasks']} tasks solved, mean PDI "
+                  f"{v.pack.metadata['pdi']}, {v.metrics['interventions']} intervention(s); run {run_id}")

@@ -101,3 +101,107 @@ def test_parse_ops_json_tolerates_prose_and_rejects_garbage():
         {"op": "delete_section", "section": "X"}]
     assert parse_ops_json("I cannot help with that") == []
     assert parse_ops_json("[not json]") == []
+
+
+# ---- SPARK / PDI ----------------------------------------------------------------------------------
+def memo(facts: str, strategy: str) -> str:
+    from agentdistill.skills.spark import render_memo
+
+    return render_memo({"Attempts Log": "- #1: FAIL", "Commands": "- x", "Verified Facts": facts,
+                        "Current Error Pattern": "-", "Next Strategy": strategy}, 1)
+
+
+def test_pdi_on_recorded_memos_equals_hand_computed_values():
+    from agentdistill.skills.spark import PDITracker
+
+    t = PDITracker(enabled=True, warmup=2, threshold=-0.5)
+    m1 = memo("- open door works", "go to kitchen then look")
+    # step 0: no previous memo -> plan = oss = 0; facts {open, door, works}, commands {open, door, to, kitchen}
+    s0 = t.compute(0, m1, "", "open door to kitchen", "✗ task not completed\n✗ ended by: focus on agent", "")
+    assert s0.proxy_exec == pytest.approx(2 / 3)  # 'open', 'door' of the 3 fact words are in the commands
+    assert (s0.proxy_plan, s0.proxy_oss, s0.raw_pdi) == (0.0, 0.0, pytest.approx(2 / 3))
+    assert (s0.weight, s0.weighted_pdi, s0.triggered) == (0.0, 0.0, False)  # warm-up: weight 0 at step 0
+
+    m2 = memo("- open door works", "go to kitchen then look around")
+    s1 = t.compute(1, m2, m1, "go to hallway", "✗ task not completed\n✗ ended by: focus on agent",
+                   "✗ task not completed\n✗ ended by: focus on agent")
+    assert s1.proxy_exec == 0.0  # none of {open, door, works} in {go, to, hallway}
+    assert s1.proxy_plan == pytest.approx(5 / 6)  # {go,to,kitchen,then,look} vs + {around}
+    assert s1.proxy_oss == pytest.approx(0.5 * 1.0 + 0.5 * 1.0)  # facts and failures unchanged
+    # z-scores over two values are -1/+1: raw = z(exec) - z(plan) - z(oss) = -1 - 1 - 1
+    assert s1.raw_pdi == pytest.approx(-3.0) and s1.weight == 0.5 and s1.weighted_pdi == pytest.approx(-1.5)
+    assert s1.triggered and s1.level == "soft"  # weighted -1.5 < threshold -0.5
+
+    s2 = t.compute(2, m2, m2, "go to hallway", "✗ task not completed\n✗ ended by: focus on agent",
+                   "✗ task not completed\n✗ ended by: focus on agent")
+    # exec [2/3, 0, 0], plan [0, 5/6, 1], oss [0, 1, 1]: population z-scores of the last value
+    import statistics
+
+    def z(v, vs):
+        return (v - statistics.fmean(vs)) / statistics.pstdev(vs)
+
+    expected = z(0, [2 / 3, 0, 0]) - z(1, [0, 5 / 6, 1]) - z(1, [0, 1, 1])
+    assert s2.raw_pdi == pytest.approx(expected) and s2.weighted_pdi == pytest.approx(expected)
+    assert s2.triggered and s2.level == "strong"  # the previous step fired too
+
+    observe = PDITracker(enabled=False, observe_only=True)
+    observe.compute(0, m1, "", "open door", "", "")
+    assert not observe.compute(1, m2, m1, "go", "✗ a", "✗ a").triggered  # measured, never acted on
+
+
+def test_js_divergence_method_is_a_similarity():
+    from agentdistill.skills.spark import js_similarity
+
+    assert js_similarity("open the door", "open the door") == pytest.approx(1.0)
+    assert js_similarity("open the door", "eat an apple") < 0.5
+    assert js_similarity("", "x") == 0.0
+
+
+def test_interventions_guide_the_next_attempt_without_naming_the_metric():
+    from agentdistill.skills.spark import PDITracker, injection
+
+    t = PDITracker(enabled=True)
+    m = memo("- a", "do the same again")
+    assert injection(m, t, 1, 3).count("do the same again") == 1  # nothing fired: the memo as is
+    t.compute(0, m, "", "x", "✗ a", "")
+    t.compute(1, m, m, "x", "✗ a", "✗ a")
+    soft = injection(m, t, 2, 3)
+    assert "Guidance:" in soft and "do the same again" in soft
+    t.compute(2, m, m, "x", "✗ a", "✗ a")
+    strong = injection(m, t, 3, 4)
+    assert "Discard it" in strong and "do the same again" not in strong  # stale plan withheld
+    for text in (soft, strong):
+        assert "PDI" not in text and "Distillation Index" not in text and "z-score" not in text
+
+
+@pytest.mark.slow
+def test_spark_loop_on_scienceworld_fails_reflects_retries_and_distills(traj_store):
+    """The agent is a cascade: a scripted student (OpenAI-compatible stand-in) that makes a fatal move
+    until it has notes from a failed attempt, then answers nothing admissible so the expert acts."""
+    from agentdistill.agents.rollout import build_policy
+    from agentdistill.config import PolicySpec
+    from agentdistill.envs import Task
+    from agentdistill.skills.spark import distill_spark, run_spark
+
+    def reply(body):
+        system = body["messages"][0]["content"]
+        return "Action: ask the manual" if "Notes from your earlier attempts" in system else "Action: focus on agent"
+
+    with OpenAIStub(reply=reply) as stub:
+        spec = PolicySpec.model_validate({"policy": "cascade", "model": "openai/student", "api_base": stub.url,
+                                          "max_retries": 0, "threshold": 0.0, "fallback": {"policy": "expert"}})
+        policy = build_policy(spec, traj_store)
+        task = Task("scienceworld", TASK, 0, "train")
+        run_id, (outcome,) = run_spark(traj_store, policy, "scienceworld", [task], max_attempts=3, max_steps=20)
+        prompts = [m["content"] for r in stub.seen for m in r["body"]["messages"]]
+    assert [a.status for a in outcome.attempts] == ["FAIL", "PASS"]
+    first = outcome.attempts[0]
+    assert first.commands == "focus on agent" and "✗ ended by: focus on agent" in first.summary
+    assert "### Current Error Pattern\n- ended by: focus on agent" in outcome.memo
+    assert any("Notes from your earlier attempts" in p and "focus on agent" in p for p in prompts)
+    eps = traj_store.episodes(run_id=run_id)
+    assert eps[0].metrics["pdi"]["step"] == 0 and eps[1].metrics["spark"]["status"] == "PASS"
+    v = distill_spark(traj_store, [outcome], "power-spark", run_id)
+    assert v.pack.validate() == [] and v.distiller == "spark" and v.run_id == run_id
+    assert v.pack.metadata["pdi"] == f"{outcome.pdi[0].weighted_pdi:.4f}" and "references/evidence.md" in v.pack.files
+    assert "PASS on attempt 2" in v.pack.files["references/evidence.md"]

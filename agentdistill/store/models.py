@@ -84,6 +84,7 @@ class Episode(Base):
     cost: Mapped[float] = mapped_column(Float, default=0.0)
     wall_time: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text)
+    metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # e.g. SPARK's PDI for this attempt
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     run: Mapped[Run] = relationship(back_populates="episodes")

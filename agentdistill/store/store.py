@@ -176,6 +176,12 @@ class Store:
                 )
             )
 
+    def set_episode_metrics(self, episode_id: int, metrics: dict[str, Any]) -> None:
+        """Merge measurements into an episode's metrics (e.g. SPARK's PDI for this attempt)."""
+        with self.session() as s, s.begin():
+            ep = s.get(Episode, episode_id)
+            ep.metrics = {**(ep.metrics or {}), **metrics}
+
     def annotate_steps(self, episode_id: int, notes: dict[int, dict[str, Any]]) -> None:
         """Merge `notes[idx]` into the info of step `idx` (e.g. a trainer's per-turn KL); nothing else changes."""
         with self.session() as s, s.begin():

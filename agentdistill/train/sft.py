@@ -63,8 +63,12 @@ def sft_trainer(dataset, spec: SFTSpec, hw: Hardware, output_dir: Path, extra_ar
         **hw.trainer_args(),
         **(extra_args or {}),
     )
+    from transformers import PrinterCallback
+
     cols = [c for c in dataset.column_names if c not in ("input_ids", "assistant_masks")]
-    return SFTTrainer(model=model, args=args, train_dataset=dataset.remove_columns(cols), processing_class=tok)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset.remove_columns(cols), processing_class=tok)
+    trainer.remove_callback(PrinterCallback)  # losses go to the store and our summary, not raw dicts on stdout
+    return trainer
 
 
 def train_sft(store: Store, dataset, out: str | Path, spec: SFTSpec, hw: Hardware | None = None,
