@@ -809,3 +809,15 @@ def skills_spark(
     v = distill_spark(store, outcomes, name, run_id, summarizer=None if reflector == "trace" else refl.model)
     console.print(f"{v.name} v{v.version}: {v.metrics['solved']}/{v.metrics['tasks']} tasks solved, mean PDI "
                   f"{v.pack.metadata['pdi']}, {v.metrics['interventions']} intervention(s); run {run_id}")
+
+
+@skills_app.command("export")
+def skills_export(name: str, out: Annotated[Path, typer.Argument(help="Parent directory; the pack is written to OUT/NAME.")],
+                  version: Annotated[Optional[int], typer.Option(help="Default: latest.")] = None,
+                  db: DbOpt = None) -> None:
+    """Write a library version to disk as a skill pack directory."""
+    from agentdistill.skills import library
+
+    v = library.get(_store(db), name, version)
+    path = v.pack.write(out / v.name)
+    console.print(f"{v.name} v{v.version} -> {path}", highlight=False)

@@ -205,3 +205,62 @@ def test_spark_loop_on_scienceworld_fails_reflects_retries_and_distills(traj_sto
     assert v.pack.validate() == [] and v.distiller == "spark" and v.run_id == run_id
     assert v.pack.metadata["pdi"] == f"{outcome.pdi[0].weighted_pdi:.4f}" and "references/evidence.md" in v.pack.files
     assert "PASS on attempt 2" in v.pack.files["references/evidence.md"]
+
+
+# ---- agents with skills, A/B evaluation -----------------------------------------------------------
+def _pack():
+    from agentdistill.skills.pack import SkillPack
+
+    return SkillPack.new("stay-safe", "Avoid ending ScienceWorld tasks by accident.",
+                         "# Stay safe\n\n## Rules\n- Never focus on the agent; look around first.")
+
+
+def test_ab_evaluation_pairs_arms_and_stores_the_interval(traj_store):
+    from agentdistill.skills.evaluate import ab_evaluate
+    from agentdistill.store.models import Evaluation
+
+    v = library.save(traj_store, _pack(), distiller="manual")
+
+    def reply(body):  # a student that follows the rule only when the pack is in its prompt
+        system = body["messages"][0]["content"]
+        return "Action: look around" if "Never focus on the agent" in system else "Action: focus on agent"
+
+    with OpenAIStub(reply=reply) as stub:
+        r = ab_evaluate(traj_store, "stay-safe", {"model": "openai/student", "api_base": stub.url, "max_retries": 0},
+                        {"split": "test", "tasks": [TASK], "variations": 3}, {"max_steps": 2}, progress=False)
+    assert r.pairs == 3 and r.version_id == v.id
+    score = r.metrics["score"]
+    assert score["without"] == -100.0 and score["with"] >= 0  # focusing on the agent ends a task at -100
+    assert score["diff"] == pytest.approx(score["with"] - score["without"]) and score["ci95"][0] >= 100.0
+    assert r.metrics["success"]["diff"] == 0.0
+    with_eps = traj_store.episodes(run_id=r.runs["with"])
+    assert all(e.skill_version_id == v.id and e.sampling["skills"][0]["name"] == "stay-safe" for e in with_eps)
+    assert all(e.skill_version_id is None for e in traj_store.episodes(run_id=r.runs["without"]))
+    with traj_store.session() as s:
+        ev = s.get(Evaluation, r.evaluation_id)
+        assert ev.skill_version_id == v.id and ev.run_ids == [r.runs["without"], r.runs["with"]]
+
+
+def test_progressive_disclosure_loads_a_skill_within_the_step(traj_store):
+    from agentdistill.agents.rollout import run_recipe
+    from agentdistill.config import parse_recipe
+
+    library.save(traj_store, _pack(), distiller="manual")
+
+    def reply(body):
+        system = body["messages"][0]["content"]
+        if "Never focus on the agent" in system:  # the body is loaded
+            return "Action: look around"
+        assert "- stay-safe: Avoid ending" in system  # only the catalog so far
+        return "Action: load skill stay-safe"
+
+    with OpenAIStub(reply=reply) as stub:
+        run_id = run_recipe(traj_store, parse_recipe({
+            "env": {"split": "test", "tasks": [TASK], "variations": 1},
+            "student": {"model": "openai/student", "api_base": stub.url, "max_retries": 0, "skills": ["stay-safe"],
+                        "skill_mode": "progressive"},
+            "runner": {"max_steps": 2}}), progress=False)
+    (ep,) = traj_store.episodes(run_id=run_id, with_steps=True)
+    first, second = sorted(ep.steps, key=lambda s: s.idx)
+    assert first.action == "look around" and first.info["skill_loaded"] == "stay-safe" and len(first.calls) == 2
+    assert second.action == "look around" and "skill_loaded" not in second.info and len(second.calls) == 1

@@ -180,15 +180,15 @@ class LLMPolicy(Policy):
         self.skills = [p for p, _ in skills or []]
         self.skill_mode = skill_mode
         self.skill_version_id = skills[0][1] if skills else None  # the episode's pack (first, if several)
-        if skills:
-            self.id += f"+skills:{skill_mode}"
-            self.sampling["skills"] = [{"name": p.name, "version_id": v, "sha256": p.sha256} for p, v in skills]
-            self.sampling["skill_mode"] = skill_mode
         self.sampling = {"temperature": temperature, "max_tokens": max_tokens, "n": n, "history": history}
         if retrieval:
             self.id += "+icd"
             self.sampling["icd"] = {"k": retrieval.k, "unit": retrieval.unit, "window": retrieval.window,
                                     "index": str(retrieval.index.path)}
+        if skills:
+            self.id += f"+skills:{skill_mode}"
+            self.sampling["skills"] = [{"name": p.name, "version_id": v, "sha256": p.sha256} for p, v in skills]
+            self.sampling["skill_mode"] = skill_mode
 
     def _skill_context(self, ctx: EpisodeContext) -> str | None:
         if not self.skills:
