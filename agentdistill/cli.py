@@ -705,9 +705,9 @@ def eval_cmd(
     r = ab_evaluate(_store(db), skill, student,
                     {"name": env, "split": split, "tasks": task or None, "variations": variations},
                     {"concurrency": concurrency, "max_steps": max_steps}, mode)
-    for what in ("success", "score"):
+    for what in ("success", "score", "valid_actions"):
         m = r.metrics[what]
-        fmt = "{:.0%}" if what == "success" else "{:.1f}"
+        fmt = "{:.1f}" if what == "score" else "{:.0%}"
         console.print(f"{what}: without {fmt.format(m['without'])}, with {fmt.format(m['with'])}; difference "
                       f"{fmt.format(m['diff'])} [95% CI {fmt.format(m['ci95'][0])}, {fmt.format(m['ci95'][1])}] "
                       f"over {r.pairs} paired episodes", highlight=False)

@@ -38,15 +38,15 @@ def ab_evaluate(store: Store, skill_ref: str, student: dict[str, Any], env: dict
     }
     parsed = {arm: parse_recipe(r, f"A/B {arm} arm") for arm, r in recipes.items()}  # fail before running
     runs = {arm: run_recipe(store, recipe, progress=progress) for arm, recipe in parsed.items()}
-    outcome: dict[str, dict[tuple, tuple[float, float]]] = {}
+    outcome: dict[str, dict[tuple, tuple[float, float, float]]] = {}
     for arm, run_id in runs.items():
-        outcome[arm] = {(e.task.name, e.task.variation, e.seed): (float(bool(e.success)), e.score or 0.0)
-                        for e in store.episodes(run_id=run_id) if e.status == "done"}
+        outcome[arm] = {(e.task.name, e.task.variation, e.seed): (float(bool(e.success)), e.score or 0.0, _valid_share(e))
+                        for e in store.episodes(run_id=run_id, with_steps=True) if e.status == "done"}
     keys = sorted(set(outcome["with"]) & set(outcome["without"]))
     if not keys:
         raise AgentDistillError("no task finished in both arms: see `agentdistill runs show` for the errors")
     metrics: dict[str, Any] = {"pairs": len(keys), "skill_mode": skill_mode}
-    for i, what in enumerate(("success", "score")):
+    for i, what in enumerate(("success", "score", "valid_actions")):
         a = [outcome["without"][k][i] for k in keys]
         b = [outcome["with"][k][i] for k in keys]
         mean, low, high = bootstrap_ci([y - x for x, y in zip(a, b)])
@@ -58,6 +58,16 @@ def ab_evaluate(store: Store, skill_ref: str, student: dict[str, Any], env: dict
         s.flush()
         eval_id = row.id
     return ABResult(eval_id, pack.name, version_id, runs, len(keys), metrics)
+
+
+def _valid_share(ep) -> float:
+    """Share of the episode's actions the environment accepted (a weak student's first gain)."""
+    from agentdistill.skills.trace2skill import INVALID_MARKERS
+
+    if not ep.steps:
+        return 0.0
+    ok = sum(not any(m in (s.next_observation or "") for m in INVALID_MARKERS) for s in ep.steps)
+    return ok / len(ep.steps)
 
 
 def _version_number(store: Store, version_id: int) -> int:
