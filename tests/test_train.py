@@ -224,6 +224,12 @@ def test_opd_f2b_limits_student_turns_and_skill_sd_trains(train_store, tmp_path)
     for ep, k in zip(train_store.episodes(run_id=result.run_id), [1, 2]):
         assert ep.n_steps <= k
 
+    # a separate frozen teacher (the f2b checkpoint: same tokenizer), no privileged context
+    teacher = OPDSpec(teacher=f"local/{tmp_path / 'f2b'}", tasks=[TASK], variations=1, iterations=1,
+                      episodes_per_iteration=1, max_steps=2, max_tokens=24, history=1, divergence="jsd")
+    result = train_opd(train_store, teacher, tmp_path / "t", Hardware.pick("cpu"))
+    assert result.iterations[0]["tokens"] > 0 and result.iterations[0]["divergence"] > 0
+
     sd = OPDSpec(method="skill-sd", context="skill", tasks=[TASK], variations=1, iterations=1,
                  episodes_per_iteration=2, max_steps=2, max_tokens=24, history=1, grpo_weight=0.5)
     result = train_opd(train_store, sd, tmp_path / "sd", Hardware.pick("cpu"))
