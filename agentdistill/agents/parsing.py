@@ -31,7 +31,9 @@ def clean(text: str) -> str:
     prev = None
     while prev != text:  # quotes, markdown and trailing punctuation nest in any order: peel to a fixpoint
         prev = text
-        text = text.strip().strip("\"'`*<>[]").rstrip(".!;,")
+        text = text.strip().strip("\"'`*<>").rstrip(".!;,")
+        if text.startswith("[") and text.endswith("]"):  # a wrapped action; search[...] keeps its bracket
+            text = text[1:-1]
     return re.sub(r"\s+", " ", text)[:MAX_ACTION_CHARS]
 
 

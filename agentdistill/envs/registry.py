@@ -13,6 +13,7 @@ from agentdistill.errors import ConfigError, EnvNotReady
 _REGISTRY: dict[str, str] = {
     "scienceworld": "agentdistill.envs.scienceworld:ScienceWorldEnv",
     "textworld": "agentdistill.envs.textworld:TextWorldEnv",
+    "webshop": "agentdistill.envs.webshop:WebShopEnv",
 }
 
 
