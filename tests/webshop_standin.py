@@ -6,7 +6,7 @@ with the score) over a 4-product catalogue, and scores a purchase with WebShop's
   r = r_type * (n_att * r_att + n_opt * r_opt + r_price) / (n_att + n_opt + 1)
 (r_type: product type matches the goal's; r_att / r_opt: share of the goal's attributes / options
 the purchase has; r_price: 1 if within the goal's price limit). The real site has 1.18M products and
-its own templates: run it with docker/webshop.
+its own templates (github.com/princeton-nlp/WebShop).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ The reward is the server's score of the purchase (0-1), shown on its done page; 
 reward of 1.0. Tasks are the server's goal sessions `fixed_<i>` (WebShop's split convention: goals
 0-499 test, 500-1499 dev, the rest train).
 
-Run the real site with `docker/webshop` (its catalogue is fetched when the image is built) and point
+Run the real site (github.com/princeton-nlp/WebShop, `./setup.sh` then `./run_dev.sh`) and point
 `WEBSHOP_URL` (or the env option `url`) at it.
 """
 
@@ -92,7 +92,8 @@ class WebShopEnv(Env):
         if all(r.ok for r in reqs):
             url = server_url()
             reqs.append(Requirement(f"WebShop server at {url} (WEBSHOP_URL)", _reachable(url),
-                                    "agentdistill envs up webshop (builds docker/webshop), or set WEBSHOP_URL"))
+                                    "start a WebShop server (github.com/princeton-nlp/WebShop: ./setup.sh, "
+                                    "./run_dev.sh) and set WEBSHOP_URL"))
         return reqs
 
     def __init__(self, url: str | None = None, timeout: float = 30.0):
@@ -117,8 +118,8 @@ class WebShopEnv(Env):
         try:
             r = self._http.get(f"{self.url}/{path}")
         except httpx.HTTPError as e:
-            raise EnvNotReady(f"WebShop server {self.url} unreachable ({e}): start it (`agentdistill envs up "
-                              "webshop`) or set WEBSHOP_URL") from None
+            raise EnvNotReady(f"WebShop server {self.url} unreachable ({e}): start one "
+                              "(github.com/princeton-nlp/WebShop) and set WEBSHOP_URL") from None
         if r.status_code >= 400:
             raise EnvNotReady(f"WebShop server answered {r.status_code} for /{path}")
         return r.text
