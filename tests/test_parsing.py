@@ -44,3 +44,10 @@ def test_majority_ignores_unparsable_samples_but_counts_them_against_agreement()
     assert majority(["go to kitchen", "", "go to kitchen", "look around"]) == (0, 0.5)
     assert majority(["", "look around", ""]) == (1, 1 / 3)
     assert majority(["", ""]) == (0, 0.0)
+
+
+def test_bracketed_action_forms_keep_their_brackets():
+    """WebShop-style actions carry their argument in brackets; a fully wrapped action is unwrapped."""
+    assert parse_action("Action: search[red cotton t-shirt]", None).action == "search[red cotton t-shirt]"
+    assert parse_action("Action: `click[Next >]`.", None).action == "click[Next >]"
+    assert parse_action("Action: [look around]", None).action == "look around"
