@@ -75,7 +75,8 @@ class Env(ABC):
 
     @classmethod
     @abstractmethod
-    def requirements(cls) -> list[Requirement]: ...
+    def requirements(cls, **options: Any) -> list[Requirement]:
+        """What this env needs, given the options it would be made with (e.g. a data directory)."""
 
     @abstractmethod
     def tasks(self, split: str) -> list[Task]: ...

@@ -11,6 +11,7 @@ from agentdistill.errors import ConfigError, EnvNotReady
 
 # name -> "module:Class"; modules import lazily so a missing optional package breaks only its env
 _REGISTRY: dict[str, str] = {
+    "alfworld": "agentdistill.envs.alfworld:ALFWorldEnv",
     "scienceworld": "agentdistill.envs.scienceworld:ScienceWorldEnv",
     "textworld": "agentdistill.envs.textworld:TextWorldEnv",
     "webshop": "agentdistill.envs.webshop:WebShopEnv",
@@ -46,13 +47,13 @@ class EnvStatus:
         return "; ".join(f"{r.what} missing: {r.fix}" for r in self.requirements if not r.ok)
 
 
-def check(name: str) -> EnvStatus:
+def check(name: str, **options: Any) -> EnvStatus:
     cls = env_class(name)
-    return EnvStatus(name, cls.description, cls.requirements())
+    return EnvStatus(name, cls.description, cls.requirements(**options))
 
 
 def make(name: str, **options: Any) -> Env:
-    status = check(name)
+    status = check(name, **options)
     if not status.ready:
         raise EnvNotReady(f"environment {name!r} is not ready: {status.missing()}")
     try:

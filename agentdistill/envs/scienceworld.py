@@ -36,7 +36,7 @@ class ScienceWorldEnv(Env):
     fallback_action = "look around"
 
     @classmethod
-    def requirements(cls) -> list[Requirement]:
+    def requirements(cls, **options: Any) -> list[Requirement]:
         return [python_package("scienceworld", "scienceworld"), java(11)]
 
     def __init__(self, simplifications: str = "", step_limit: int = 10_000):

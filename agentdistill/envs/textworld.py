@@ -71,7 +71,7 @@ class TextWorldEnv(Env):
     fallback_action = "look"
 
     @classmethod
-    def requirements(cls) -> list[Requirement]:
+    def requirements(cls, **options: Any) -> list[Requirement]:
         return [python_package("textworld", "textworld")]
 
     def __init__(self, games_dir: str | None = None, variations_per_split: int = 100):

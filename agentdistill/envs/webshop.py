@@ -87,10 +87,10 @@ class WebShopEnv(Env):
     fallback_action = "click[Back to Search]"
 
     @classmethod
-    def requirements(cls) -> list[Requirement]:
+    def requirements(cls, url: str | None = None, **options: Any) -> list[Requirement]:
         reqs = [python_package("bs4", "beautifulsoup4"), python_package("httpx", "httpx")]
         if all(r.ok for r in reqs):
-            url = server_url()
+            url = server_url(url)
             reqs.append(Requirement(f"WebShop server at {url} (WEBSHOP_URL)", _reachable(url),
                                     "start a WebShop server (github.com/princeton-nlp/WebShop: ./setup.sh, "
                                     "./run_dev.sh) and set WEBSHOP_URL"))
