@@ -270,6 +270,24 @@ def envs_check(name: Annotated[Optional[str], typer.Argument(help="One environme
             console.print(f"  {r.what}: {mark}", highlight=False)
 
 
+@envs_app.command("up")
+def envs_up(name: Annotated[str, typer.Argument(help="webshop, appworld, visualwebarena, trainer (see docker/).")]) -> None:
+    """Start an environment's servers in Docker and print the variables that point our adapters at them."""
+    from agentdistill.envs.containers import up
+
+    env = up(name, log=console.print)
+    for k, v in env.items():
+        console.print(f"export {k}={v}", highlight=False)
+
+
+@envs_app.command("down")
+def envs_down(name: Annotated[str, typer.Argument(help="The name given to `envs up`.")]) -> None:
+    """Stop and remove the containers `envs up NAME` started."""
+    from agentdistill.envs.containers import down
+
+    console.print(f"removed: {', '.join(down(name)) or 'nothing was running'}")
+
+
 icd_app = typer.Typer(no_args_is_help=True, help="In-context distillation: teacher demo indexes.")
 report_app = typer.Typer(no_args_is_help=True, help="Reports over runs in the store.")
 app.add_typer(icd_app, name="icd")
