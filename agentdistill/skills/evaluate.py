@@ -62,12 +62,11 @@ def ab_evaluate(store: Store, skill_ref: str, student: dict[str, Any], env: dict
 
 def _valid_share(ep) -> float:
     """Share of the episode's actions the environment accepted (a weak student's first gain)."""
-    from agentdistill.skills.trace2skill import INVALID_MARKERS
+    from agentdistill.skills.trace2skill import rejected
 
     if not ep.steps:
         return 0.0
-    ok = sum(not any(m in (s.next_observation or "") for m in INVALID_MARKERS) for s in ep.steps)
-    return ok / len(ep.steps)
+    return sum(not rejected(s) for s in ep.steps) / len(ep.steps)
 
 
 def _version_number(store: Store, version_id: int) -> int:

@@ -35,7 +35,7 @@ from agentdistill.errors import AgentDistillError, ConfigError
 from agentdistill.models import ChatModel
 from agentdistill.skills import library
 from agentdistill.skills.pack import SkillPack, check_name
-from agentdistill.skills.trace2skill import INVALID_MARKERS, _short
+from agentdistill.skills.trace2skill import rejected, short_text
 from agentdistill.store.models import Episode
 from agentdistill.store.store import Store
 
@@ -208,10 +208,10 @@ def judge(ep: Episode, index: int) -> Attempt:
     else:
         lines.append(f"✗ task not completed (score {ep.score})")
         for st in steps:
-            if any(m in (st.next_observation or "") for m in INVALID_MARKERS):
-                lines.append(f"✗ rejected command: {_short(st.action, 80)}")
+            if rejected(st):
+                lines.append(f"✗ rejected command: {short_text(st.action, 80)}")
         if steps and steps[-1].done:
-            lines.append(f"✗ ended by: {_short(steps[-1].action, 80)}")
+            lines.append(f"✗ ended by: {short_text(steps[-1].action, 80)}")
         elif steps:
             lines.append("✗ step limit reached")
     return Attempt(index, ep.id, "PASS" if ep.success else "FAIL", ep.score,

@@ -34,26 +34,31 @@ log = logging.getLogger(__name__)
 INVALID_MARKERS = ("No known action matches", "Unknown action", "is not a valid", "Nothing happens")
 
 
-def _short(text: str | None, n: int = 240) -> str:
+def rejected(step) -> bool:
+    """The environment said, in its own words, that it could not carry out the step's action."""
+    return any(m in (step.next_observation or "") for m in INVALID_MARKERS)
+
+
+def short_text(text: str | None, n: int = 240) -> str:
     t = re.sub(r"\s+", " ", text or "").strip()
     return t if len(t) <= n else t[: n - 3] + "..."
 
 
 def goal_line(ep: Episode) -> str:
-    return _short((ep.task.goal or ep.task.name).split(". ")[0], 160)
+    return short_text((ep.task.goal or ep.task.name).split(". ")[0], 160)
 
 
 def render_trajectory(ep: Episode, obs_chars: int = 300) -> str:
     steps = sorted(ep.steps, key=lambda s: s.idx)
     outcome = "SUCCESS" if ep.success else "FAILURE"
-    lines = [f"Task ({ep.task.env} / {ep.task.name}): {_short(ep.task.goal, 600)}",
+    lines = [f"Task ({ep.task.env} / {ep.task.name}): {short_text(ep.task.goal, 600)}",
              f"Outcome: {outcome}, score {ep.score}, {len(steps)} steps"]
     for s in steps:
         score = (s.info or {}).get("score")
-        lines.append(f"[{s.idx}] observation: {_short(s.observation, obs_chars)}")
+        lines.append(f"[{s.idx}] observation: {short_text(s.observation, obs_chars)}")
         lines.append(f"[{s.idx}] action: {s.action}" + (f"   (score after: {score})" if score is not None else ""))
     if steps:
-        lines.append(f"final observation: {_short(steps[-1].next_observation, obs_chars)}")
+        lines.append(f"final observation: {short_text(steps[-1].next_observation, obs_chars)}")
     return "\n".join(lines)
 
 
@@ -83,7 +88,7 @@ class TraceAnalyst:
     def _invalid(st) -> bool:
         """The env rejected the action (its own words), or, when it says nothing, it was not admissible."""
         if st.next_observation:
-            return any(m in st.next_observation for m in INVALID_MARKERS)
+            return rejected(st)
         return (st.info or {}).get("matched_admissible") is False
 
     def _success(self, ep, steps) -> list[dict[str, Any]]:
@@ -119,8 +124,8 @@ class TraceAnalyst:
         last = steps[-1] if steps else None
         if last is not None and last.done and not ep.success:
             ops.append({"op": "append_to_section", "section": "Pitfalls",
-                        "text": f"- `{_short(last.action, 80)}` ended the task as a failure {where}: "
-                                f"\"{_short(last.next_observation, 120)}\"."})
+                        "text": f"- `{short_text(last.action, 80)}` ended the task as a failure {where}: "
+                                f"\"{short_text(last.next_observation, 120)}\"."})
         run, longest = 1, (1, steps[0].action if steps else "")
         for a, b in zip(steps, steps[1:]):
             run = run + 1 if a.action == b.action else 1
@@ -128,7 +133,7 @@ class TraceAnalyst:
                 longest = (run, b.action)
         if longest[0] >= 3:
             ops.append({"op": "append_to_section", "section": "Pitfalls",
-                        "text": f"- Repeating `{_short(longest[1], 80)}` {longest[0]} times in a row made no progress {where}."})
+                        "text": f"- Repeating `{short_text(longest[1], 80)}` {longest[0]} times in a row made no progress {where}."})
         if last is not None and not last.done:
             ops.append({"op": "append_to_section", "section": "Pitfalls",
                         "text": "- Failed episodes ran out of steps: follow the procedure above instead of "
@@ -212,7 +217,7 @@ async def _analyze_all(analyst, snapshot: SkillPack, episodes: list[Episode], co
             try:
                 return i, await analyst.analyze(kind, snapshot, ep), None
             except Exception as e:  # one analyst failing loses its patch, not the run
-                return i, [], f"episode {ep.id}: analyst failed: {type(e).__name__}: {_short(str(e), 200)}"
+                return i, [], f"episode {ep.id}: analyst failed: {type(e).__name__}: {short_text(str(e), 200)}"
 
     return await asyncio.gather(*(one(i, ep) for i, ep in enumerate(episodes)))
 
