@@ -82,13 +82,17 @@ def default_index_dir(env_name: str) -> str:
 
 
 def select_tasks(env: Env, recipe: Recipe) -> list[Task]:
+    return first_variations(env, recipe.env.split, recipe.env.tasks, recipe.env.variations)
+
+
+def first_variations(env: Env, split: str, names: list[str] | None, variations: int | None) -> list[Task]:
+    """The first `variations` variations (None: all) of each named task (None: every task) in the split."""
     by_name: dict[str, list[Task]] = defaultdict(list)
-    for t in env.tasks(recipe.env.split, recipe.env.tasks):
+    for t in env.tasks(split, names):
         by_name[t.name].append(t)
-    n = recipe.env.variations
-    tasks = [t for group in by_name.values() for t in (group[:n] if n else group)]
+    tasks = [t for group in by_name.values() for t in (group[:variations] if variations else group)]
     if not tasks:
-        raise AgentDistillError(f"no {recipe.env.name} tasks in split {recipe.env.split!r} for this recipe")
+        raise AgentDistillError(f"no {env.name} tasks in split {split!r} for tasks {', '.join(names or []) or 'any'}")
     return tasks
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from pathlib import Path
 from typing import Any
 
 from agentdistill.envs.base import Env, Observation, Requirement, StepResult, Task, java, python_package

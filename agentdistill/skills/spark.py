@@ -27,7 +27,6 @@ import math
 import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any
 
 from agentdistill.agents.runner import EnvPool, EpisodeSpec, Runner
 from agentdistill.envs import Task, make

@@ -24,7 +24,7 @@ from typing import Any
 from agentdistill.errors import AgentDistillError, ConfigError
 from agentdistill.models import ChatModel
 from agentdistill.skills import library
-from agentdistill.skills.edits import Op, apply_patch, merge_patches, parse_patch
+from agentdistill.skills.edits import Op, apply_patch, merge_patches
 from agentdistill.skills.pack import SkillPack, check_name
 from agentdistill.store.models import Episode
 from agentdistill.store.store import Store

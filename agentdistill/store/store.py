@@ -236,11 +236,13 @@ class Store:
         status: str | None = None,
         with_steps: bool = False,
         ids: list[int] | None = None,
+        with_calls: bool = True,
     ) -> list[Episode]:
         with self.session() as s:
             q = select(Episode).options(selectinload(Episode.task)).order_by(Episode.id)
             if with_steps:
-                q = q.options(selectinload(Episode.steps).selectinload(Step.calls))
+                steps = selectinload(Episode.steps)
+                q = q.options(steps.selectinload(Step.calls) if with_calls else steps)
             if run_id:
                 q = q.where(Episode.run_id == run_id)
             if role:
@@ -251,21 +253,21 @@ class Store:
                 q = q.where(Episode.id.in_(ids))
             return list(s.scalars(q))
 
-    def successful_episode_ids(
+    def episode_ids(
         self,
-        role: str,
+        role: str | None = None,
+        success: bool | None = None,
         env: str | None = None,
         runs: list[str] | None = None,
         split: str | None = None,
         tasks: list[str] | None = None,
     ) -> list[int]:
-        """Ids of finished, successful episodes matching the filters, selected in SQL (no steps loaded)."""
-        q = (
-            select(Episode.id)
-            .join(Task)
-            .where(Episode.role == role, Episode.status == "done", Episode.success.is_(True))
-            .order_by(Episode.id)
-        )
+        """Ids of finished episodes matching the filters (None: any), selected in SQL (no steps loaded)."""
+        q = select(Episode.id).join(Task).where(Episode.status == "done").order_by(Episode.id)
+        if role:
+            q = q.where(Episode.role == role)
+        if success is not None:
+            q = q.where(Episode.success.is_(success))
         if env:
             q = q.where(Task.env == env)
         if runs:
@@ -276,6 +278,16 @@ class Store:
             q = q.where(Task.name.in_(tasks))
         with self.session() as s:
             return list(s.scalars(q))
+
+    def successful_episode_ids(
+        self,
+        role: str,
+        env: str | None = None,
+        runs: list[str] | None = None,
+        split: str | None = None,
+        tasks: list[str] | None = None,
+    ) -> list[int]:
+        return self.episode_ids(role, True, env, runs, split, tasks)
 
     # ---- stats ----------------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:

@@ -143,32 +143,9 @@ class EpisodeFilter:
     tasks: list[str] | None = None
 
     def select(self, store: Store) -> list[Episode]:
-        from sqlalchemy import select
-        from sqlalchemy.orm import selectinload
-
-        from agentdistill.store.models import Task
-
-        q = (
-            select(Episode)
-            .join(Task)
-            .options(selectinload(Episode.task), selectinload(Episode.steps))
-            .where(Episode.status == "done")
-            .order_by(Episode.id)
-        )
-        if self.role:
-            q = q.where(Episode.role == self.role)
-        if self.success is not None:
-            q = q.where(Episode.success.is_(self.success))
-        if self.env:
-            q = q.where(Task.env == self.env)
-        if self.runs:
-            q = q.where(Episode.run_id.in_(self.runs))
-        if self.split:
-            q = q.where(Task.split == self.split)
-        if self.tasks:
-            q = q.where(Task.name.in_(self.tasks))
-        with store.session() as s:
-            return list(s.scalars(q))
+        """Matching finished episodes with their steps (not their model calls: prompts are big)."""
+        ids = store.episode_ids(self.role, self.success, self.env, self.runs, self.split, self.tasks)
+        return store.episodes(ids=ids, with_steps=True, with_calls=False) if ids else []
 
 
 def build_sft_dataset(

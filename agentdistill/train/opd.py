@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agentdistill.agents.policies import LLMPolicy
+from agentdistill.agents.rollout import first_variations
 from agentdistill.agents.runner import EnvPool, EpisodeSpec, Runner
 from agentdistill.envs import Task, make
 from agentdistill.errors import AgentDistillError, ConfigError
@@ -123,16 +124,6 @@ class _Sample:
     old_logp: Any = None
 
 
-def _select_tasks(env, spec: OPDSpec) -> list[Task]:
-    by_name: dict[str, list[Task]] = defaultdict(list)
-    for t in env.tasks(spec.split, spec.tasks):
-        by_name[t.name].append(t)
-    tasks = [t for g in by_name.values() for t in (g[: spec.variations] if spec.variations else g)]
-    if not tasks:
-        raise ConfigError(f"no {spec.env} tasks in split {spec.split!r} for {spec.tasks}")
-    return tasks
-
-
 class OPDTrainer:
     def __init__(self, store: Store, spec: OPDSpec, hw: Hardware | None = None):
         spec.validate()
@@ -197,9 +188,9 @@ class OPDTrainer:
                                   "for token-level distillation: pick a teacher of the same family")
         env = make(spec.env, **spec.env_options)
         pool = EnvPool(lambda: make(spec.env, **spec.env_options), 1, env)
-        run_id = store.create_run(f"train-{spec.method_name}", _spec_json(spec), kind="train")
+        run_id = store.create_run(f"train-{spec.method_name}", asdict(spec), kind="train")
         try:
-            tasks = _select_tasks(env, spec)
+            tasks = first_variations(env, spec.split, spec.tasks, spec.variations)
             self._teacher_contexts(tasks)
             self.student_id = f"{spec.student}@{spec.method_name}:{run_id}"
             policy = LLMPolicy(LocalModel.from_model(self.student_id, self.model, self.tok), spec.temperature,
@@ -217,7 +208,7 @@ class OPDTrainer:
             save_student(self.model, self.tok, Path(out))
             metrics = {"iterations": history, "device": self.hw.device, "bf16": self.hw.bf16}
             ckpt = record_checkpoint(store, Path(out), spec.student, spec.method_name, run_id=run_id,
-                                     config=_spec_json(spec), metrics=metrics)
+                                     config=asdict(spec), metrics=metrics)
             store.set_run_status(run_id, "done")
             return OPDResult(ckpt, Path(out), run_id, history)
         except BaseException:
@@ -364,10 +355,6 @@ class OPDTrainer:
         stats.update(tokens=n_tokens, divergence=sum(all_vals) / len(all_vals), loss=losses[0],
                      loss_last=losses[-1], update_s=t_update, tokens_per_s=seq_tokens / t_update if t_update else None)
         return stats
-
-
-def _spec_json(spec: OPDSpec) -> dict[str, Any]:
-    return asdict(spec)
 
 
 def train_opd(store: Store, spec: OPDSpec, out: str | Path, hw: Hardware | None = None) -> OPDResult:
