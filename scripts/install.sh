@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs agentdistill and everything `agentdistill run` needs into the current Python (use a venv).
-#   bash scripts/install.sh          # the framework, ScienceWorld, local models, PostgreSQL driver, export
+#   bash scripts/install.sh          # the framework, ScienceWorld, TextWorld, BrowserGym + MiniWoB++ (chromium),
+#                                    # local models and training, PostgreSQL driver, export
 #   bash scripts/install.sh --test   # + what the test suite needs (PostgreSQL server, llama-cpp-python server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -9,9 +10,12 @@ TEST=0
 [ "${1:-}" = "--test" ] && TEST=1
 PY=${PYTHON:-python}
 
-# --- system packages: Java for ScienceWorld's jar; a PostgreSQL server for the tests -------------
+# --- system packages: Java for ScienceWorld's jar; Chromium for BrowserGym (MiniWoB++, VisualWebArena);
+# a PostgreSQL server for the tests ---------------------------------------------------------------
 apt_pkgs=()
 command -v java >/dev/null 2>&1 || apt_pkgs+=(openjdk-17-jre-headless)
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || [ -n "${AGENTDISTILL_CHROMIUM:-}" ] \
+  || apt_pkgs+=(chromium)
 if [ "$TEST" = 1 ] && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then apt_pkgs+=(postgresql); fi
 if [ ${#apt_pkgs[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" != 0 ] && SUDO="sudo"

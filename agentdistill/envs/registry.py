@@ -15,6 +15,8 @@ _REGISTRY: dict[str, str] = {
     "scienceworld": "agentdistill.envs.scienceworld:ScienceWorldEnv",
     "textworld": "agentdistill.envs.textworld:TextWorldEnv",
     "webshop": "agentdistill.envs.webshop:WebShopEnv",
+    "miniwob": "agentdistill.envs.browsergym:MiniWoBEnv",
+    "visualwebarena": "agentdistill.envs.browsergym:VisualWebArenaEnv",
 }
 
 

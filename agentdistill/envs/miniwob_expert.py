@@ -1,0 +1,109 @@
+"""A scripted expert for MiniWoB++ tasks whose goal states exactly what to do.
+
+MiniWoB++ ships no demonstrations offline, so for these tasks the expert reads the goal and the
+accessibility tree the agent also sees and writes the BrowserGym actions that solve the task. It is
+a teacher for the forms-and-buttons family; other tasks have no expert (None).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Node:
+    bid: str
+    role: str
+    name: str
+    rest: str  # the properties after the name (checked=..., focused, ...)
+
+
+_NODE = re.compile(r"^\s*\[(?P<bid>[^\]]+)\] (?P<role>\S+) (?P<q>['\"])(?P<name>.*?)(?P=q)(?P<rest>.*)$")
+
+
+def parse_tree(text: str) -> list[Node]:
+    """The elements with a BrowserGym id in an observation's accessibility tree."""
+    nodes = []
+    for line in text.splitlines():
+        m = _NODE.match(line)
+        if m:
+            nodes.append(Node(m["bid"], m["role"], m["name"], m["rest"]))
+    return nodes
+
+
+def _find(nodes: list[Node], role: str | tuple[str, ...], name: str | None = None) -> list[Node]:
+    roles = (role,) if isinstance(role, str) else role
+    return [n for n in nodes if n.role in roles and (name is None or n.name.strip() == name)]
+
+
+def _one(nodes: list[Node], role: str | tuple[str, ...], name: str | None = None) -> Node:
+    found = _find(nodes, role, name)
+    if not found:
+        raise LookupError(f"no {role} {name or ''} on the page")
+    return found[0]
+
+
+def _q(s: str) -> str:
+    return repr(s)
+
+
+def _click(n: Node) -> str:
+    return f"click({_q(n.bid)})"
+
+
+def _fill(n: Node, text: str) -> str:
+    return f"fill({_q(n.bid)}, {_q(text)})"
+
+
+def _submit(nodes: list[Node], label: str = "Submit") -> str:
+    buttons = _find(nodes, "button")
+    match = [b for b in buttons if b.name.strip().lower() == label.lower()]
+    return _click((match or buttons)[-1])
+
+
+def _items(text: str) -> list[str]:
+    text = text.strip()
+    if text.lower() == "nothing":
+        return []
+    return [s.strip() for s in re.split(r",\s*|\s+and\s+", text) if s.strip()]
+
+
+Plan = Callable[[re.Match, list[Node]], list[str]]
+
+# goal pattern -> the actions that solve it, per task
+PLANS: dict[str, tuple[str, Plan]] = {
+    "click-test": (r"Click the button", lambda m, n: [_click(_one(n, "button"))]),
+    "click-test-2": (r"Click button (\w+)", lambda m, n: [_click(_one(n, "button", m[1]))]),
+    "click-button": (r'Click on the "(.+)" button', lambda m, n: [_click(_one(n, "button", m[1]))]),
+    "click-dialog": (r"Close the dialog box", lambda m, n: [_click(_one(n, "button", "Close"))]),
+    "click-tab": (r"Click on Tab #(\d+)", lambda m, n: [_click(_one(n, "link", f"Tab #{m[1]}"))]),
+    "focus-text": (r"Focus into the textbox", lambda m, n: [f"focus({_q(_one(n, 'textbox').bid)})"]),
+    "enter-text": (r'Enter "(.*)" into the text field',
+                   lambda m, n: [_fill(_one(n, "textbox"), m[1]), _submit(n)]),
+    "enter-password": (r'Enter the password "(.*)" into both',
+                       lambda m, n: [_fill(t, m[1]) for t in _find(n, "textbox")] + [_submit(n)]),
+    "login-user": (r'Enter the username "(.*)" and the password "(.*)" into',
+                   lambda m, n: [_fill(_find(n, "textbox")[0], m[1]), _fill(_find(n, "textbox")[1], m[2]),
+                                 _submit(n, "Login")]),
+    "click-checkboxes": (r"Select (.*) and click Submit",
+                         lambda m, n: [_click(_one(n, "checkbox", i)) for i in _items(m[1])] + [_submit(n)]),
+    "click-option": (r"Select (.*) and click Submit", lambda m, n: [_click(_one(n, "radio", m[1])), _submit(n)]),
+    "choose-list": (r"Select (.*) from the list and click Submit",
+                    lambda m, n: [f"select_option({_q(_one(n, 'combobox').bid)}, {_q(m[1])})", _submit(n)]),
+}
+
+
+def plan(task: str, goal: str, observation: str) -> list[str] | None:
+    """The whole action sequence for a task instance, from its goal and first page; None if no expert."""
+    if task not in PLANS:
+        return None
+    pattern, make = PLANS[task]
+    m = re.search(pattern, goal)
+    if not m:
+        return None
+    try:
+        return make(m, parse_tree(observation))
+    except (LookupError, IndexError):
+        return None
