@@ -77,6 +77,30 @@ def parse_action(text: str, admissible: list[str] | None = None, cutoff: float =
     return ParsedAction(action, thought)
 
 
+_CODE_BLOCK = re.compile(r"```[ \t]*(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.S | re.IGNORECASE)
+MAX_CODE_CHARS = 20_000
+
+
+def parse_code_action(text: str) -> ParsedAction:
+    """The code of a code-acting env's action: the last fenced block (an unclosed one runs to the end),
+    else what follows `Action:`; the thought as for commands."""
+    text = text or ""
+    _, thought = _candidate_lines(text)
+    blocks = [b.strip("\n") for b in _CODE_BLOCK.findall(text) if b.strip()]
+    if blocks:
+        return ParsedAction(blocks[-1][:MAX_CODE_CHARS], thought)
+    m = re.search(r"^\s*\**\s*action\s*\**\s*[:=][ \t]*(.*)\Z", text, re.S | re.I | re.M)
+    code = m.group(1) if m else ("" if thought else text)
+    return ParsedAction(code.strip()[:MAX_CODE_CHARS], thought)
+
+
+def parse_for(env_cls: type, text: str, admissible: list[str] | None = None) -> ParsedAction:
+    """Parse a model's output by the env's action format (one command line, or code)."""
+    if getattr(env_cls, "action_format", "command") == "code":
+        return parse_code_action(text)
+    return parse_action(text, admissible)
+
+
 def majority(answers: list[str]) -> tuple[int, float]:
     """(index of a sample carrying the most common non-empty answer, share of all samples that give
     it). Empty answers (nothing parsable) never win and count against the share: (0, 0.0) if all empty."""

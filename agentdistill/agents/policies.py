@@ -8,7 +8,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentdistill.agents.parsing import majority, parse_action
+from agentdistill.agents.parsing import majority, parse_action, parse_for
 from agentdistill.distill.icd import Demo, Retrieval, render_demos
 from agentdistill.envs.base import Env, Task
 from agentdistill.models import ChatModel, Message, call_record
@@ -97,14 +97,13 @@ class ExpertPolicy(Policy):
 
 SYSTEM_PROMPT = """You are an agent acting in a text environment: {env_description}.
 {action_help}
-Each turn you see an observation. Reply with exactly two lines:
-Thought: <one short sentence about what to do next>
-Action: <one command>"""
+Each turn you see an observation. {reply_format}"""
 
 
 def system_message(env_cls: type[Env], template: str = SYSTEM_PROMPT, context: str | None = None) -> str:
     """The system prompt for an env; `context` (a skill, privileged hints) is appended when given."""
-    system = template.format(env_description=env_cls.description, action_help=env_cls.action_help)
+    system = template.format(env_description=env_cls.description, action_help=env_cls.action_help,
+                             reply_format=env_cls.reply_format)
     return f"{system}\n\n{context}" if context else system
 
 
@@ -135,6 +134,8 @@ def action_text(turn: Turn) -> str:
     if turn.text is not None:
         return turn.text
     thought = f"Thought: {turn.thought}\n" if turn.thought else ""
+    if "\n" in turn.action:  # code (command actions are one line): fenced, as code envs ask for it
+        return f"{thought}Action:\n```python\n{turn.action}\n```"
     return f"{thought}Action: {turn.action}"
 
 
@@ -234,7 +235,7 @@ class LLMPolicy(Policy):
             completions = await self.model.acomplete(msgs, **params)
             calls.append(call_record(self.model.id, msgs, params, completions))
         admissible = await asyncio.to_thread(ctx.env.admissible_actions) if self.match_admissible else None
-        parsed = [parse_action(c.text, admissible) for c in completions]
+        parsed = [parse_for(type(ctx.env), c.text, admissible) for c in completions]
         # with n > 1 samples, act on the most common action (self-consistency); the share that
         # agrees on it is the cascade's confidence signal
         pick, agreement = majority([p.action for p in parsed])

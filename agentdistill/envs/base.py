@@ -72,6 +72,11 @@ class Env(ABC):
     description: ClassVar[str] = ""
     action_help: ClassVar[str] = ""  # shown to LLM policies: the action syntax of this env
     fallback_action: ClassVar[str] = "look"  # sent when a model's output holds no action at all
+    # "command": one line per action (parsed and snapped to admissible actions); "code": a code block
+    action_format: ClassVar[str] = "command"
+    reply_format: ClassVar[str] = (
+        "Reply with exactly two lines:\nThought: <one short sentence about what to do next>\nAction: <one command>"
+    )
 
     @classmethod
     @abstractmethod

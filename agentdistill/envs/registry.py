@@ -12,6 +12,7 @@ from agentdistill.errors import ConfigError, EnvNotReady
 # name -> "module:Class"; modules import lazily so a missing optional package breaks only its env
 _REGISTRY: dict[str, str] = {
     "alfworld": "agentdistill.envs.alfworld:ALFWorldEnv",
+    "appworld": "agentdistill.envs.appworld:AppWorldEnv",
     "scienceworld": "agentdistill.envs.scienceworld:ScienceWorldEnv",
     "textworld": "agentdistill.envs.textworld:TextWorldEnv",
     "webshop": "agentdistill.envs.webshop:WebShopEnv",
