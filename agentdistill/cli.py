@@ -270,6 +270,38 @@ def envs_check(name: Annotated[Optional[str], typer.Argument(help="One environme
             console.print(f"  {r.what}: {mark}", highlight=False)
 
 
+@envs_app.command("generate")
+def envs_generate(
+    name: Annotated[str, typer.Argument(help="alfworld (TextWorld games are generated on demand).")],
+    source: Annotated[Path, typer.Option(help="ALFWorld games whose scenes to reuse (a data dir or any folder of trials).")],
+    out: Annotated[Path, typer.Option(help="Data dir to write (ALFWorld layout; use it as ALFWORLD_DATA).")],
+    split: Annotated[str, typer.Option(help="train, valid_seen or valid_unseen.")] = "train",
+    n: Annotated[int, typer.Option("-n", help="How many games to make.")] = 10,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    relocate: Annotated[float, typer.Option(help="Share of games whose goal object is first moved elsewhere.")] = 0.5,
+    expert: Annotated[str, typer.Option(help="ALFWorld expert that must win each game: planner or handcoded.")] = "planner",
+) -> None:
+    """New ALFWorld games from existing scenes with ALFWorld's goal library, each won by its expert.
+    Example: agentdistill envs generate alfworld --source $ALFWORLD_DATA --out data/alfworld-gen --split train -n 20"""
+    from agentdistill.envs.alfworld import SPLIT_DIRS
+    from agentdistill.envs.alfworld_gen import generate, source_games
+
+    if name != "alfworld":
+        raise AgentDistillError(f"envs generate {name!r}: only alfworld has a game generator here")
+    if split not in ("train", "valid_seen", "valid_unseen"):
+        raise AgentDistillError(f"--split {split!r}: use train, valid_seen or valid_unseen")
+    if expert not in ("planner", "handcoded"):
+        raise AgentDistillError(f"--expert {expert!r}: use planner or handcoded")
+    if not 0.0 <= relocate <= 1.0:
+        raise AgentDistillError(f"--relocate {relocate}: use a share between 0 and 1")
+    sources = [p for p in source_games(source) if out.resolve() not in p.resolve().parents]
+    result = generate(sources, out, SPLIT_DIRS[split], n, seed=seed, relocate=relocate, expert=expert)
+    for g in result.games:
+        console.print(f"  {g.parent.relative_to(out)}", highlight=False)
+    console.print(f"{len(result.games)} games written to {out} ({split}); {result.rejected} of {result.tried} "
+                  f"tried were not won by the {expert} expert and were dropped. Use: export ALFWORLD_DATA={out}")
+
+
 @envs_app.command("up")
 def envs_up(name: Annotated[str, typer.Argument(help="webshop, appworld, visualwebarena, trainer (see docker/).")]) -> None:
     """Start an environment's servers in Docker and print the variables that point our adapters at them."""

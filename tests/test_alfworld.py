@@ -55,3 +55,43 @@ def test_alfworld_splits_tasks_and_missing_data_are_explained(monkeypatch):
     monkeypatch.delenv("ALFWORLD_DATA", raising=False)
     status = check("alfworld")
     assert not status.ready and "alfworld-download" in status.missing()
+
+
+def test_games_generated_from_a_scene_have_disjoint_splits_and_are_won_through_the_adapter(tmp_path):
+    import json
+
+    from agentdistill.agents.rollout import run_recipe
+    from agentdistill.config import parse_recipe
+    from agentdistill.envs.alfworld_gen import Scene, generate, source_games, used_signatures
+    from agentdistill.store.store import Store
+
+    out = tmp_path / "gen"
+    sources = source_games(SAMPLE)
+    train = generate(sources, out, "train", 3, seed=0)
+    test = generate(sources, out, "valid_unseen", 2, seed=0)  # same seed: the splits still differ
+    assert len(train.games) == 3 and len(test.games) == 2
+    used = used_signatures(out)
+    assert sorted(used.values()) == ["train"] * 3 + ["valid_unseen"] * 2  # no goal in two splits
+    for game in train.games + test.games:
+        data = json.loads(game.read_text())
+        traj = json.loads(game.with_name("traj_data.json").read_text())
+        assert data["solvable"] is True and game.with_name("initial_state.pddl").read_text() == data["pddl_problem"]
+        params = traj["pddl_params"]
+        scene = Scene(data["pddl_problem"])
+        # the goal in the PDDL and the task text both name the sampled object and receptacle
+        assert f"(objectType ?o {params['object_target']}Type)" in data["pddl_problem"] or \
+            f"(objectType ?o1 {params['object_target']}Type)" in data["pddl_problem"]
+        assert params["object_target"].lower() in data["grammar"] and params["parent_target"].lower() in data["grammar"]
+        assert game.parent.parent.name.startswith(f"{traj['task_type']}-{params['object_target']}-None-")
+        if "->" in traj["agentdistill_goal"]:  # a relocated object really moved
+            obj, recep = traj["agentdistill_goal"].rsplit("|", 1)[1].split("->")
+            assert f"(inReceptacle {obj} {recep})" in data["pddl_problem"]
+            assert recep in scene.in_recep[obj]
+
+    # a user points ALFWORLD_DATA (the env option data) at the generated games: the other expert wins them
+    store = Store.open(str(tmp_path / "s.db"))
+    run_id = run_recipe(store, parse_recipe({
+        "env": {"name": "alfworld", "split": "test", "options": {"data": str(out), "expert": "handcoded"}},
+        "teacher": {"policy": "expert"}, "runner": {"max_steps": 60}}), progress=False)
+    eps = store.episodes(run_id=run_id)
+    assert len(eps) == 2 and all(e.success for e in eps), [e.error for e in eps]

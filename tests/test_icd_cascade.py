@@ -7,7 +7,6 @@ from agentdistill.agents.rollout import run_recipe
 from agentdistill.config import parse_recipe
 from agentdistill.distill.icd import DemoIndex, encoder_source
 from agentdistill.report.costs import cost_report
-from agentdistill.store.store import Store
 from tests.conftest import FAMILIES
 
 

@@ -1,6 +1,5 @@
 """Recipes and model ids: bad input gets one line naming the field and the fix, and writes nothing."""
 
-from pathlib import Path
 
 import pytest
 

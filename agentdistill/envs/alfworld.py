@@ -5,8 +5,9 @@ with `traj_data.json` and `game.tw-pddl` (`alfworld-download` fetches them; the 
 overrides the variable). Splits: train, valid_seen, valid_unseen (`dev` and `test` are accepted as
 valid_seen and valid_unseen). A task is an ALFWorld task type (pick_and_place_simple, ...); its
 variations are that type's games in the split, in path order. Games ALFWorld marks unsolvable and
-movable/sliced ones are skipped, as ALFWorld does; games not yet checked for solvability are kept. The expert is ALFWorld's: `handcoded` (default) or `planner`; success is
-ALFWorld's `won`.
+movable/sliced ones are skipped, as ALFWorld does; games not yet checked for solvability are kept.
+The expert is ALFWorld's: `handcoded` (default) or `planner`; success is ALFWorld's `won`. More games
+without a download: `alfworld_gen.py` (`agentdistill envs generate alfworld`).
 """
 
 from __future__ import annotations
@@ -100,25 +101,28 @@ class ALFWorldEnv(Env):
         return [Task(self.name, t, i, split) for t in (names or TASK_TYPES) for i in range(len(games.get(t, [])))]
 
     def reset(self, task: Task, seed: int = 0) -> Observation:
+        games = self.games(task.split).get(task.name, [])
+        if task.variation >= len(games):
+            raise EnvNotReady(f"no ALFWorld game {task.key} in split {task.split} under {self.root}")
+        return self.start(games[task.variation])
+
+    def start(self, game: Path) -> Observation:
+        """Start one game file (a .tw-pddl with traj_data.json beside it)."""
         import textworld
         import textworld.gym
         from alfworld.agents.environment.alfred_tw_env import AlfredDemangler, AlfredExpert, AlfredInfos
 
-        games = self.games(task.split).get(task.name, [])
-        if task.variation >= len(games):
-            raise EnvNotReady(f"no ALFWorld game {task.key} in split {task.split} under {self.root}")
         self.close()
         infos = textworld.EnvInfos(won=True, admissible_commands=True, score=True, max_score=True,
                                    extras=["gamefile", "expert_plan"])
         with _ENGINE:
-            env_id = textworld.gym.register_game(str(games[task.variation]), infos,
-                                                 max_episode_steps=self.max_episode_steps,
+            env_id = textworld.gym.register_game(str(game), infos, max_episode_steps=self.max_episode_steps,
                                                  wrappers=[AlfredDemangler(), AlfredInfos, AlfredExpert(self.expert)])
             self._env = textworld.gym.make(env_id)
             obs, self._infos = self._env.reset()
         text = obs.split("-= Welcome to TextWorld, ALFRED! =-", 1)[-1].strip()
         goal = text.split("Your task is to:", 1)[-1].strip() if "Your task is to:" in text else ""
-        return Observation(text, goal, {"gamefile": str(games[task.variation])})
+        return Observation(text, goal, {"gamefile": str(game)})
 
     def step(self, action: str) -> StepResult:
         if self._env is None:
