@@ -88,10 +88,12 @@ class AppWorldEnv(Env):
             for u in server_urls(url):
                 reqs.append(Requirement(f"AppWorld server at {u} (APPWORLD_URL)", _reachable(u), START_SERVER))
         where = data_root(root)
-        lists = where / "data" / "datasets" if where else None
-        reqs.append(Requirement(
-            f"AppWorld task lists at {lists if lists else '$APPWORLD_ROOT/data/datasets (unset)'} "
-            "(optional: else name task ids)", True if lists is None else lists.is_dir(), GET_DATA))
+        if where is None:  # optional: recipes can name task ids instead of a split
+            reqs.append(Requirement("AppWorld split lists: $APPWORLD_ROOT unset, so name task ids (82e2fac_1, ...)",
+                                    True))
+        else:
+            lists = where / "data" / "datasets"
+            reqs.append(Requirement(f"AppWorld split lists at {lists}", lists.is_dir(), GET_DATA))
         return reqs
 
     def __init__(self, url: str | None = None, root: str | None = None, experiment: str = "agentdistill",

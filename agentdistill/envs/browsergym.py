@@ -432,6 +432,16 @@ def _site_reachable(url: str) -> bool:
         return False
 
 
+def _nltk_punkt() -> bool:
+    try:
+        import nltk
+
+        nltk.data.find("tokenizers/punkt_tab")
+        return True
+    except (ImportError, LookupError):
+        return False
+
+
 class VisualWebArenaEnv(BrowserGymEnv):
     name = "visualwebarena"
     description = ("VisualWebArena web tasks (classifieds, shopping, reddit) in Chromium through BrowserGym; "
@@ -458,6 +468,10 @@ class VisualWebArenaEnv(BrowserGymEnv):
                             "(pin torch: unpinned, pip pulls a CUDA build of several GB)")]
         if reqs[0].ok:
             reqs.append(chromium_requirement())
+        if reqs[1].ok:
+            reqs.append(Requirement("NLTK punkt_tab data (browsergym-visualwebarena downloads it on import)",
+                                    _nltk_punkt(), "python -m nltk.downloader punkt_tab (needs internet once; "
+                                    "or copy an nltk_data folder and set NLTK_DATA)"))
         for var, what in VWA_SITES.items():
             value = os.environ.get(var)
             if not value:
