@@ -255,7 +255,6 @@ class BrowserGymEnv(Env):
 
     benchmark: ClassVar[str]  # BrowserGym's gym id prefix, e.g. "miniwob"
     setup_module: ClassVar[str]  # importing it registers the benchmark's tasks
-    pip_name: ClassVar[str]
     action_subsets: ClassVar[list[str]]
     fallback_action = "noop()"
 
@@ -355,7 +354,6 @@ class MiniWoBEnv(BrowserGymEnv):
     )
     benchmark = "miniwob"
     setup_module = "browsergym.miniwob"
-    pip_name = "browsergym-miniwob"
     action_subsets = ["bid"]
 
     @classmethod
@@ -455,17 +453,14 @@ class VisualWebArenaEnv(BrowserGymEnv):
     )
     benchmark = "visualwebarena"
     setup_module = "browsergym.visualwebarena"
-    pip_name = "browsergym-visualwebarena"
     action_subsets = ["visualwebarena"]
 
     @classmethod
     def requirements(cls, **options: Any) -> list[Requirement]:
         # find_spec only: importing browsergym.visualwebarena downloads NLTK data
-        reqs = [python_package("browsergym.core", "browsergym-core"),
-                Requirement("python package browsergym-visualwebarena",
-                            python_package("browsergym.visualwebarena", "x").ok,
-                            "pip install browsergym-visualwebarena torch==<the installed torch version> "
-                            "(pin torch: unpinned, pip pulls a CUDA build of several GB)")]
+        vwa = python_package("browsergym.visualwebarena", "browsergym-visualwebarena")
+        vwa.fix += " torch==<the installed torch version> (pin torch: unpinned, pip pulls a CUDA build of several GB)"
+        reqs = [python_package("browsergym.core", "browsergym-core"), vwa]
         if reqs[0].ok:
             reqs.append(chromium_requirement())
         if reqs[1].ok:
