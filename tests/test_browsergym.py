@@ -37,6 +37,26 @@ def test_system_chromium_stands_in_for_playwrights_download(cache):
 
 
 @needs_chromium
+def test_browser_setup_is_safe_when_many_envs_start_at_once(cache, monkeypatch):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    for round_ in range(40):  # a fresh cache each round: the first setup is the racy one
+        monkeypatch.setenv("AGENTDISTILL_CACHE", str(cache / str(round_)))
+        start = threading.Barrier(8)
+
+        def setup(_):
+            start.wait()  # the runner's env pool starts its instances at the same moment
+            return browser_setup()
+
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(setup, range(8)))
+        assert all(r == results[0] for r in results)
+        assert [p.name for p in (cache / str(round_) / "playwright-browsers").glob("chromium-*/chrome-linux/*")] == [
+            "chrome"]
+
+
+@needs_chromium
 @pytest.mark.slow
 def test_miniwob_expert_wins_in_chromium_and_episodes_are_stored(cache, tmp_path):
     from agentdistill.agents.rollout import run_recipe

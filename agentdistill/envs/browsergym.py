@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -78,8 +79,7 @@ def browser_setup() -> tuple[dict[str, str], dict[str, Any]]:
     target = root / f"chromium-{revision}" / "chrome-linux" / "chrome"
     if not (target.is_symlink() and os.readlink(target) == exe):
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".chrome.{os.getpid()}")
-        tmp.unlink(missing_ok=True)
+        tmp = target.with_name(f".chrome.{uuid.uuid4().hex}")  # unique: envs of one process set up at once
         tmp.symlink_to(exe)
         tmp.replace(target)  # atomic: concurrent workers never see a half-made link
     (root / f"chromium-{revision}" / "INSTALLATION_COMPLETE").touch()
@@ -288,7 +288,7 @@ class BrowserGymEnv(Env):
         path = self.screenshot_dir / f"{hashlib.sha256(png).hexdigest()[:32]}.png"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{os.getpid()}.partial")
+            tmp = path.with_suffix(f".{uuid.uuid4().hex}.partial")
             tmp.write_bytes(png)
             tmp.replace(path)
         return {"screenshot": str(path)}
