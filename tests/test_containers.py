@@ -6,19 +6,20 @@ from .conftest import run_cli
 
 
 def test_service_definitions_are_complete():
-    from agentdistill.envs.containers import DOCKER_DIR, available, services
+    from agentdistill.envs.containers import available, build_source, services
 
     assert available() == ["appworld", "trainer", "visualwebarena", "webshop"]
+    compose_keys = {"image", "build", "ports", "command", "gpus"}  # compose spec; x-* are its extensions
     for name in available():
         for svc_name, svc in services(name).items():
+            assert {k for k in svc if not k.startswith("x-")} <= compose_keys, f"{name}/{svc_name}: {set(svc)}"
             if "build" in svc:
-                context = (DOCKER_DIR / name / svc["build"]).resolve()
-                dockerfile = context / svc.get("dockerfile", "Dockerfile")
-                assert dockerfile.is_file(), f"{name}/{svc_name}: {dockerfile}"
+                context, dockerfile = build_source(name, svc)
+                assert (context / dockerfile).is_file(), f"{name}/{svc_name}: {context / dockerfile}"
             if name != "trainer":
-                assert svc["ports"] and svc["env_to_set"], f"{name}/{svc_name}"
-    assert services("webshop")["webshop"]["env_to_set"] == {"WEBSHOP_URL": "http://localhost:3000"}
-    assert set().union(*(s["env_to_set"] for s in services("visualwebarena").values())) >= {
+                assert svc["ports"] and svc["x-agentdistill-env"], f"{name}/{svc_name}"
+    assert services("webshop")["webshop"]["x-agentdistill-env"] == {"WEBSHOP_URL": "http://localhost:3000"}
+    assert set().union(*(s["x-agentdistill-env"] for s in services("visualwebarena").values())) >= {
         "VWA_CLASSIFIEDS", "VWA_SHOPPING", "VWA_REDDIT", "VWA_WIKIPEDIA", "VWA_HOMEPAGE"}
 
 

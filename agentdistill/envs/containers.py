@@ -1,8 +1,9 @@
 """`agentdistill envs up|down NAME`: start the servers an environment needs, with the Docker SDK.
 
-Each `docker/<name>/service.yaml` in the repository lists services: an image (built from the
-folder's Dockerfile when `build` is given, else one the user loads, e.g. VisualWebArena's sites),
-ports, an optional command, and the variables to export so our adapters find the server. Without
+Each `docker/<name>/compose.yaml` in the repository is a compose file (`docker compose -f ... up`
+reads it too) whose services have an image (built when `build` is given, else one the user loads,
+e.g. VisualWebArena's sites), ports, an optional command, and, in the extension field
+`x-agentdistill-env`, the variables to export so our adapters find the server. Without
 a reachable Docker engine the command says so and changes nothing.
 """
 
@@ -17,13 +18,13 @@ DOCKER_DIR = Path(__file__).resolve().parents[2] / "docker"
 
 
 def available() -> list[str]:
-    return sorted(p.parent.name for p in DOCKER_DIR.glob("*/service.yaml"))
+    return sorted(p.parent.name for p in DOCKER_DIR.glob("*/compose.yaml"))
 
 
 def services(name: str) -> dict[str, dict[str, Any]]:
     import yaml
 
-    path = DOCKER_DIR / name / "service.yaml"
+    path = DOCKER_DIR / name / "compose.yaml"
     if not path.exists():
         if not DOCKER_DIR.is_dir():
             raise ConfigError("the docker/ folder ships with the agentdistill repository: run from a clone")
@@ -58,6 +59,14 @@ def _ports(spec: list[str]) -> dict[str, int]:
     return out
 
 
+def build_source(name: str, svc: dict[str, Any]) -> tuple[Path, str]:
+    """(context dir, Dockerfile path inside it) of a service's compose `build` (a path or a mapping)."""
+    build = svc["build"]
+    if isinstance(build, str):
+        build = {"context": build}
+    return (DOCKER_DIR / name / build.get("context", ".")).resolve(), build.get("dockerfile", "Dockerfile")
+
+
 def up(name: str, log=print) -> dict[str, str]:
     """Build or find each service's image, start it, and return the variables to export."""
     svcs = services(name)  # bad names fail before touching Docker
@@ -68,14 +77,14 @@ def up(name: str, log=print) -> dict[str, str]:
     for svc_name, svc in svcs.items():
         image = svc["image"]
         if "build" in svc:
-            context = (DOCKER_DIR / name / svc["build"]).resolve()
+            context, dockerfile = build_source(name, svc)
             log(f"building {image} from {context} (this fetches code and data; it takes a while)")
-            client.images.build(path=str(context), dockerfile=svc.get("dockerfile"), tag=image, rm=True)
+            client.images.build(path=str(context), dockerfile=dockerfile, tag=image, rm=True)
         else:
             try:
                 client.images.get(image)
             except docker.errors.ImageNotFound:
-                raise EnvNotReady(f"image {image} is not loaded: see {DOCKER_DIR / name / 'service.yaml'}") from None
+                raise EnvNotReady(f"image {image} is not loaded: see {DOCKER_DIR / name / 'compose.yaml'}") from None
         container = f"agentdistill-{name}-{svc_name}"
         try:
             client.containers.get(container).remove(force=True)
@@ -88,7 +97,7 @@ def up(name: str, log=print) -> dict[str, str]:
             kwargs["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
         client.containers.run(image, **kwargs)
         log(f"started {container} ({image})")
-        env.update(svc.get("env_to_set") or {})
+        env.update(svc.get("x-agentdistill-env") or {})
     return env
 
 
