@@ -1,18 +1,65 @@
-"""An OpenAI-compatible stand-in server for tests and benchmarks: fixed latency per call, scripted
-failures, and a record of what it received. It is not a model: it answers with a fixed reply, or
-with what a given function of the request returns (scripted answers)."""
+"""Stand-in servers for tests and benchmarks.
+
+`LocalServer` is the base of every stand-in (this module's OpenAIStub, the WebShop and AppWorld
+stand-ins in tests/): a threaded HTTP server on a free local port, run while in a `with` block.
+`OpenAIStub` is an OpenAI-compatible stand-in: fixed latency per call, scripted failures, and a
+record of what it received. It is not a model: it answers with a fixed reply, or with what a given
+function of the request returns (scripted answers)."""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 
-class OpenAIStub:
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that logs nothing and sends whole bodies."""
+
+    def send(self, status: int, data: bytes | str | dict, content_type: str = "application/json") -> None:
+        if isinstance(data, dict):
+            data = json.dumps(data)
+        if isinstance(data, str):
+            data = data.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    request_queue_size = 128  # the default backlog of 5 drops bursts of concurrent connects
+    daemon_threads = True
+
+
+class LocalServer:
+    """A threaded HTTP server on 127.0.0.1 (a free port) serving `handler`, while in a `with` block."""
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]):
+        self._server = _Server(("127.0.0.1", 0), handler)
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_port}"
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+class OpenAIStub(LocalServer):
     def __init__(self, reply: str | Callable[[dict[str, Any]], str] = "Action: look around", latency: float = 0.0,
                  failures: list[int] | None = None):
         self.reply = reply
@@ -22,35 +69,19 @@ class OpenAIStub:
         self._lock = threading.Lock()
         stub = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_POST(self):  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with stub._lock:
                     stub.seen.append({"auth": self.headers.get("Authorization"), "body": body})
                     status = stub.failures.pop(0) if stub.failures else 200
                 time.sleep(stub.latency)
-                self._send(status, stub._payload(status, body))
+                self.send(status, stub._payload(status, body))
 
             def do_GET(self):  # noqa: N802  (/v1/models, used as a health check)
-                self._send(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})
+                self.send(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})
 
-            def _send(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        class Server(ThreadingHTTPServer):
-            request_queue_size = 128  # the default backlog of 5 drops bursts of concurrent connects
-
-        self._server = Server(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     def _payload(self, status: int, body: dict) -> dict:
         if status != 200:
@@ -71,12 +102,4 @@ class OpenAIStub:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}/v1"
-
-    def __enter__(self) -> OpenAIStub:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        return f"{super().url}/v1"

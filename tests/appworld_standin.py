@@ -13,10 +13,10 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import threading
 import traceback
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from agentdistill.testing import LocalServer, QuietHandler
 
 SCHEMA = json.loads((Path(__file__).parent / "data" / "appworld_openapi.json").read_text())
 TASKS = {"82e2fac_1": "Text my brother Sam 'running late, start without me'."}
@@ -114,38 +114,26 @@ class World:
                 "failures": failures}
 
 
-class AppWorldStandin:
+class AppWorldStandin(LocalServer):
     def __init__(self):
         self.world: World | None = None
         self.requests: list[tuple[str, dict]] = []
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self):  # noqa: N802
-                self._send(200, {"message": "Welcome to AppWorld Server! (stand-in)"})
+                self.send(200, {"message": "Welcome to AppWorld Server! (stand-in)"})
 
             def do_POST(self):  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
                 server.requests.append((self.path, body))
                 problem = check_body(self.path, body)
                 if problem:  # what FastAPI answers for a body that fails validation
-                    return self._send(422, {"detail": [{"msg": problem}]})
+                    return self.send(422, {"detail": [{"msg": problem}]})
                 status, payload = server.handle(self.path, body)
-                self._send(status, payload)
+                self.send(status, payload, "application/json" if isinstance(payload, dict) else "text/plain")
 
-            def _send(self, status, payload):
-                data = json.dumps(payload).encode() if not isinstance(payload, str) else payload.encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json" if not isinstance(payload, str) else "text/plain")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args):
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     def handle(self, route: str, body: dict):
         if route == "/initialize":
@@ -168,15 +156,3 @@ class AppWorldStandin:
             self.world = None
             return 200, {"output": None}
         return 404, {"detail": "Not Found"}
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
-
-    def __enter__(self) -> AppWorldStandin:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._server.shutdown()
-        self._server.server_close()

@@ -12,10 +12,10 @@ its own templates (github.com/princeton-nlp/WebShop).
 from __future__ import annotations
 
 import html
-import threading
 from ast import literal_eval
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import unquote
+
+from agentdistill.testing import LocalServer, QuietHandler
 
 PRODUCTS = {
     "B0001": {"title": "Men's lightweight running shoes with rubber sole", "type": "shoes", "price": 45.0,
@@ -60,12 +60,12 @@ def _search(keywords: list[str]) -> list[str]:
     return [a for a in ranked if hits(a) > 0]
 
 
-class WebShopStandIn:
+class WebShopStandIn(LocalServer):
     def __init__(self):
         stand_in = self
         self.purchases: list[tuple[str, str, dict, float]] = []
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self):  # noqa: N802
                 parts = [unquote(p) for p in self.path.strip("/").split("/")]
                 try:
@@ -73,18 +73,9 @@ class WebShopStandIn:
                     status = 200
                 except (KeyError, IndexError, ValueError, SyntaxError):
                     page, status = "<html><body>not found</body></html>", 404
-                data = page.encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "text/html")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                self.send(status, page, "text/html")
 
-            def log_message(self, *args):
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     @staticmethod
     def goal(session: str) -> dict:
@@ -133,15 +124,3 @@ class WebShopStandIn:
             return _page(goal, f"<h1>Thank you for shopping with us!</h1><h3 id='reward'>Your score (min 0.0, max 1.0)"
                                f"<pre>{r}</pre></h3>")
         raise KeyError(kind)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_port}"
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._server.shutdown()
-        self._server.server_close()
