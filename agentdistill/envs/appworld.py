@@ -25,7 +25,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from agentdistill.envs.base import Env, Observation, Requirement, StepResult, Task, python_package
+from agentdistill.envs.base import Env, Observation, Requirement, StepResult, Task, http_status, python_package
 from agentdistill.errors import ConfigError, EnvNotReady
 
 DEFAULT_URL = "http://localhost:8000"
@@ -49,15 +49,6 @@ def server_urls(url: str | None = None) -> list[str]:
 def data_root(root: str | None = None) -> Path | None:
     root = root or os.environ.get("APPWORLD_ROOT")
     return Path(root) if root else None
-
-
-def _reachable(url: str) -> bool:
-    import httpx
-
-    try:
-        return httpx.get(f"{url}/", timeout=3.0).status_code < 500
-    except httpx.HTTPError:
-        return False
 
 
 def task_id(task: Task) -> str:
@@ -86,7 +77,9 @@ class AppWorldEnv(Env):
         reqs = [python_package("httpx", "httpx")]
         if reqs[0].ok:
             for u in server_urls(url):
-                reqs.append(Requirement(f"AppWorld server at {u} (APPWORLD_URL)", _reachable(u), START_SERVER))
+                status = http_status(f"{u}/")
+                reqs.append(Requirement(f"AppWorld server at {u} (APPWORLD_URL)", status is not None and status < 500,
+                                        START_SERVER))
         where = data_root(root)
         if where is None:  # optional: recipes can name task ids instead of a split
             reqs.append(Requirement("AppWorld split lists: $APPWORLD_ROOT unset, so name task ids (82e2fac_1, ...)",

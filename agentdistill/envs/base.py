@@ -51,6 +51,16 @@ def python_package(module: str, pip_name: str) -> Requirement:
     return Requirement(f"python package {pip_name}", ok, f"pip install {pip_name}")
 
 
+def http_status(url: str, timeout: float = 3.0, follow_redirects: bool = False) -> int | None:
+    """The status a GET of `url` answers with, or None when nothing answers (checks for env servers)."""
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=timeout, follow_redirects=follow_redirects).status_code
+    except httpx.HTTPError:
+        return None
+
+
 def java(min_major: int) -> Requirement:
     what = f"Java {min_major}+ runtime"
     fix = f"apt-get install openjdk-{min_major}-jre-headless"

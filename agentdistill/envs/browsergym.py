@@ -28,7 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any, ClassVar
 
-from agentdistill.envs.base import Env, Observation, Requirement, StepResult, Task, python_package
+from agentdistill.envs.base import Env, Observation, Requirement, StepResult, Task, http_status, python_package
 from agentdistill.errors import ConfigError, EnvNotReady
 from agentdistill.paths import cache_dir
 
@@ -420,16 +420,6 @@ VWA_SITES = {  # BrowserGym's variables for the sites, and what each is
 VWA_SPLITS = {"test": range(0, 910)}  # VisualWebArena's 910 tasks form its test set
 
 
-def _site_reachable(url: str) -> bool:
-    import httpx
-
-    try:
-        httpx.get(url, timeout=5.0, follow_redirects=True)
-        return True
-    except httpx.HTTPError:
-        return False
-
-
 def _nltk_punkt() -> bool:
     try:
         import nltk
@@ -474,7 +464,8 @@ class VisualWebArenaEnv(BrowserGymEnv):
                                         f"start the VisualWebArena sites (agentdistill envs up visualwebarena) and "
                                         f"export {var}"))
             elif not var.endswith("TOKEN"):
-                reqs.append(Requirement(f"{what} at {value} (${var})", _site_reachable(value),
+                up = http_status(value, timeout=5.0, follow_redirects=True) is not None
+                reqs.append(Requirement(f"{what} at {value} (${var})", up,
                                         "start the VisualWebArena sites (agentdistill envs up visualwebarena)"))
         return reqs
 

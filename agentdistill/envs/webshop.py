@@ -19,7 +19,7 @@ import re
 from typing import Any
 from urllib.parse import quote
 
-from agentdistill.envs.base import Env, Observation, Requirement, StepResult, Task, python_package
+from agentdistill.envs.base import Env, Observation, Requirement, StepResult, Task, http_status, python_package
 from agentdistill.errors import ConfigError, EnvNotReady
 
 DEFAULT_URL = "http://localhost:3000"
@@ -30,16 +30,6 @@ ACTION = re.compile(r"^\s*(search|click)\[(.*)\]\s*$", re.S)
 
 def server_url(url: str | None = None) -> str:
     return (url or os.environ.get("WEBSHOP_URL") or DEFAULT_URL).rstrip("/")
-
-
-def _reachable(url: str) -> bool:
-    import httpx
-
-    try:
-        httpx.get(f"{url}/fixed_0", timeout=3.0)
-        return True
-    except httpx.HTTPError:
-        return False
 
 
 def page_text(html: str) -> tuple[str, list[str], str | None, dict[str, str]]:
@@ -91,7 +81,8 @@ class WebShopEnv(Env):
         reqs = [python_package("bs4", "beautifulsoup4"), python_package("httpx", "httpx")]
         if all(r.ok for r in reqs):
             url = server_url(url)
-            reqs.append(Requirement(f"WebShop server at {url} (WEBSHOP_URL)", _reachable(url),
+            up = http_status(f"{url}/fixed_0") is not None
+            reqs.append(Requirement(f"WebShop server at {url} (WEBSHOP_URL)", up,
                                     "start a WebShop server (github.com/princeton-nlp/WebShop: ./setup.sh, "
                                     "./run_dev.sh) and set WEBSHOP_URL"))
         return reqs
