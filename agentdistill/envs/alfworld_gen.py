@@ -19,6 +19,7 @@ import random
 import re
 import shutil
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 
 from agentdistill.errors import ConfigError
@@ -77,7 +78,8 @@ class Scene:
 
     def satisfied(self, goal: Goal) -> bool:
         """Whether the start state already meets a placing goal (ALFWorld never samples those)."""
-        return any(self.recep_type.get(r) == goal.recep for o in self.instances(goal.obj) for r in self.in_recep.get(o, ()))
+        return any(self.recep_type.get(r) == goal.recep
+                   for o in self.instances(goal.obj) for r in self.in_recep.get(o, ()))
 
     def candidates(self) -> list[Goal]:
         """Every goal of the goal library this scene supports (before relocations)."""
@@ -105,7 +107,7 @@ class Scene:
                     goal = Goal(task, obj, recep)
                     if not self.satisfied(goal):
                         goals.append(goal)
-        lamps = sorted({self.obj_type[o] for o in self.obj_type if self.obj_type[o] in LAMPS and self.has("toggleable", o)})
+        lamps = sorted({t for o, t in self.obj_type.items() if t in LAMPS and self.has("toggleable", o)})
         for lamp in lamps:
             for obj in pickable:
                 goals.append(Goal("look_at_obj_in_light", obj, "", lamp))
@@ -119,7 +121,8 @@ class Scene:
         for o in movable:
             (here,) = self.in_recep[o]
             options = sorted(r for r, t in self.recep_type.items()
-                             if (t, goal.obj) in self.can_contain and r != here and t != goal.recep and r in self.recep_loc)
+                             if (t, goal.obj) in self.can_contain and r != here and t != goal.recep
+                             and r in self.recep_loc)
             if options:
                 r = rng.choice(options)
                 problem = self.problem.replace(f"(inReceptacle {o} {here})", f"(inReceptacle {o} {r})")
@@ -136,6 +139,30 @@ class Scene:
         return problem[:problem.index("(:goal")] + pddl.replace("#", "-").strip() + "\n"
 
 
+@dataclass
+class Source:
+    """An existing game whose scene new games reuse, read once."""
+
+    path: Path
+    scene: Scene
+    traj: dict  # its traj_data.json
+    domain: str  # its PDDL domain
+
+    @classmethod
+    def load(cls, path: Path) -> Source:
+        game = json.loads((path / "game.tw-pddl").read_text())
+        return cls(path, Scene(game["pddl_problem"]), json.loads((path / "traj_data.json").read_text()),
+                   game["pddl_domain"])
+
+    @property
+    def floor_plan(self) -> str:
+        return str(self.traj.get("scene", {}).get("floor_plan", self.path.name))
+
+    @property
+    def scene_num(self) -> str:
+        return str(self.traj.get("scene", {}).get("scene_num", "X"))
+
+
 def used_signatures(root: Path) -> dict[str, str]:
     """signature -> split of every game generated under `root` so far."""
     out = {}
@@ -146,19 +173,18 @@ def used_signatures(root: Path) -> dict[str, str]:
     return out
 
 
-def _write_game(source: Path, dest: Path, goal: Goal, problem: str, trial: str) -> Path:
-    """ALFWorld's three files for a new goal over the source game's scene, written atomically."""
+def _write_game(source: Source, dest: Path, goal: Goal, problem: str, trial: str) -> tuple[Path, dict]:
+    """ALFWorld's three files for a new goal over the source game's scene, written atomically;
+    returns the game file and its content."""
     from alfworld.agents.utils.misc import add_task_to_grammar
 
-    traj = json.loads((source / "traj_data.json").read_text())
-    traj.update(task_type=goal.task_type, task_id=trial, agentdistill_goal=goal.signature,
-                pddl_params={"object_target": goal.obj, "parent_target": goal.recep, "toggle_target": goal.toggle,
-                             "mrecep_target": "", "object_sliced": False})
-    traj["turk_annotations"] = {"anns": []}  # human descriptions of the source goal no longer apply
-    traj["plan"] = {"high_pddl": [], "low_actions": []}
-    source_game = json.loads((source / "game.tw-pddl").read_text())
+    traj = {**source.traj, "task_type": goal.task_type, "task_id": trial, "agentdistill_goal": goal.signature,
+            "pddl_params": {"object_target": goal.obj, "parent_target": goal.recep, "toggle_target": goal.toggle,
+                            "mrecep_target": "", "object_sliced": False},
+            "turk_annotations": {"anns": []},  # human descriptions of the source goal no longer apply
+            "plan": {"high_pddl": [], "low_actions": []}}
     # the source's grammar has its goal text filled in: start again from ALFWorld's stock grammar
-    game = {"pddl_domain": source_game["pddl_domain"], "grammar": add_task_to_grammar(_stock_grammar(), traj),
+    game = {"pddl_domain": source.domain, "grammar": add_task_to_grammar(_stock_grammar(), traj),
             "pddl_problem": problem}
     tmp = dest.with_name(f".{dest.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -168,9 +194,10 @@ def _write_game(source: Path, dest: Path, goal: Goal, problem: str, trial: str) 
     (tmp / "game.tw-pddl").write_text(json.dumps(game))
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp.replace(dest)
-    return dest / "game.tw-pddl"
+    return dest / "game.tw-pddl", game
 
 
+@cache
 def _stock_grammar() -> str:
     import alfworld
 
@@ -211,31 +238,28 @@ def generate(sources: list[Path], out: Path, split: str, n: int, seed: int = 0, 
     rng = random.Random(seed)
     used = used_signatures(out)
     pool = []
-    for src in sources:
-        scene = Scene(json.loads((src / "game.tw-pddl").read_text())["pddl_problem"])
-        name = str(json.loads((src / "traj_data.json").read_text()).get("scene", {}).get("floor_plan", src.name))
-        pool += [(src, scene, replace(g, scene=name)) for g in scene.candidates()]
+    for path in sources:
+        src = Source.load(path)
+        pool += [(src, replace(g, scene=src.floor_plan)) for g in src.scene.candidates()]
     rng.shuffle(pool)
     made: list[Path] = []
     tried = rejected = 0
-    for src, scene, goal in pool:
+    for src, goal in pool:
         if len(made) >= n:
             break
         problem = None
         if goal.task_type != "look_at_obj_in_light" and rng.random() < relocate:
-            goal, problem = scene.relocate(goal, rng)
+            goal, problem = src.scene.relocate(goal, rng)
         if goal.signature in used:  # never the same goal twice, nor in two splits
             continue
         tried += 1
-        scene_num = json.loads((src / "traj_data.json").read_text()).get("scene", {}).get("scene_num", "X")
         trial = f"trial_gen_{seed}_{tried:04d}"
-        folder = out / "json_2.1.1" / split / f"{goal.task_type}-{goal.obj}-None-{goal.recep or goal.toggle}-{scene_num}"
-        game = _write_game(src, folder / trial, goal, scene.with_goal(goal, problem), trial)
+        task_dir = f"{goal.task_type}-{goal.obj}-None-{goal.recep or goal.toggle}-{src.scene_num}"
+        folder = out / "json_2.1.1" / split / task_dir
+        game, content = _write_game(src, folder / trial, goal, src.scene.with_goal(goal, problem), trial)
         if play(game, expert):
-            data = json.loads(game.read_text())
-            data["solvable"] = True
             tmp = game.with_suffix(".partial")
-            tmp.write_text(json.dumps(data))
+            tmp.write_text(json.dumps({**content, "solvable": True}))
             tmp.replace(game)
             made.append(game)
             used[goal.signature] = split
@@ -246,5 +270,5 @@ def generate(sources: list[Path], out: Path, split: str, n: int, seed: int = 0, 
 
 
 def source_games(path: Path) -> list[Path]:
-    """Trial folders (game.tw-pddl + traj_data.json) under `path`, skipping generated ones' duplicates."""
+    """Trial folders (game.tw-pddl + traj_data.json) under `path`."""
     return sorted(p.parent for p in path.rglob("game.tw-pddl") if (p.parent / "traj_data.json").exists())
