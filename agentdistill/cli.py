@@ -279,7 +279,8 @@ def envs_generate(
     n: Annotated[int, typer.Option("-n", help="How many games to make.")] = 10,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     relocate: Annotated[float, typer.Option(help="Share of games whose goal object is first moved elsewhere.")] = 0.5,
-    expert: Annotated[str, typer.Option(help="ALFWorld expert that must win each game: planner or handcoded.")] = "planner",
+    expert: Annotated[str, typer.Option(help="ALFWorld expert(s) that must win each game: planner, handcoded or both.")] = "both",
+    checks: Annotated[int, typer.Option(help="Plays per expert; each must be won (the experts are stochastic).")] = 3,
 ) -> None:
     """New ALFWorld games from existing scenes with ALFWorld's goal library, each won by its expert.
     Example: agentdistill envs generate alfworld --source $ALFWORLD_DATA --out data/alfworld-gen --split train -n 20"""
@@ -290,16 +291,15 @@ def envs_generate(
         raise AgentDistillError(f"envs generate {name!r}: only alfworld has a game generator here")
     if split not in ("train", "valid_seen", "valid_unseen"):
         raise AgentDistillError(f"--split {split!r}: use train, valid_seen or valid_unseen")
-    if expert not in ("planner", "handcoded"):
-        raise AgentDistillError(f"--expert {expert!r}: use planner or handcoded")
     if not 0.0 <= relocate <= 1.0:
         raise AgentDistillError(f"--relocate {relocate}: use a share between 0 and 1")
     sources = [p for p in source_games(source) if out.resolve() not in p.resolve().parents]
-    result = generate(sources, out, SPLIT_DIRS[split], n, seed=seed, relocate=relocate, expert=expert)
+    result = generate(sources, out, SPLIT_DIRS[split], n, seed=seed, relocate=relocate, expert=expert, checks=checks)
     for g in result.games:
         console.print(f"  {g.parent.relative_to(out)}", highlight=False)
     console.print(f"{len(result.games)} games written to {out} ({split}); {result.rejected} of {result.tried} "
-                  f"tried were not won by the {expert} expert and were dropped. Use: export ALFWORLD_DATA={out}")
+                  f"tried were not won every time by the {expert} expert(s) and were dropped. "
+                  f"Use: export ALFWORLD_DATA={out}")
 
 
 @envs_app.command("up")

@@ -8,7 +8,9 @@ object under a lamp) for an object and receptacle type the scene has, optionally
 object first moved to another receptacle that can hold it. Each game is written in ALFWorld's layout
 (`json_2.1.1/<split>/<task>-<Obj>-None-<Recep>-<scene>/<trial>/` with initial_state.pddl,
 traj_data.json and game.tw-pddl built as `alfworld-play-tw` builds it), then played by ALFWorld's
-expert: only games the expert wins are kept (marked `solvable`, as ALFWorld marks them). A goal
+experts: only games they win are kept (marked `solvable`, as ALFWorld marks them). Both experts are
+stochastic (the hand-coded one draws from Python's `random`; the planner does not always solve
+two-object goals), so a game must be won by each expert on every one of `checks` plays. A goal
 (task, object, receptacle, lamp, placement) used in one split is never reused in another.
 """
 
@@ -227,12 +229,20 @@ def play(game: Path, expert: str, max_steps: int = 60) -> bool:
 class Generated:
     games: list[Path]
     tried: int
-    rejected: int  # the expert could not win them: deleted
+    rejected: int  # the experts did not win them every time: deleted
+
+
+EXPERTS = {"planner": ("planner",), "handcoded": ("handcoded",), "both": ("planner", "handcoded")}
 
 
 def generate(sources: list[Path], out: Path, split: str, n: int, seed: int = 0, relocate: float = 0.5,
-             expert: str = "planner") -> Generated:
-    """Up to `n` new expert-verified games in `out`'s `split`, from the scenes of the `sources` games."""
+             expert: str = "both", checks: int = 3) -> Generated:
+    """Up to `n` new expert-verified games in `out`'s `split`, from the scenes of the `sources` games.
+    `expert` (planner, handcoded or both) must win each game in all of `checks` plays."""
+    if expert not in EXPERTS:
+        raise ConfigError(f"expert {expert!r}: use {', '.join(EXPERTS)}")
+    if checks < 1:
+        raise ConfigError(f"checks {checks}: use 1 or more")
     if not sources:
         raise ConfigError("no source ALFWorld games: give a folder holding game.tw-pddl + traj_data.json trials")
     rng = random.Random(seed)
@@ -257,7 +267,7 @@ def generate(sources: list[Path], out: Path, split: str, n: int, seed: int = 0, 
         task_dir = f"{goal.task_type}-{goal.obj}-None-{goal.recep or goal.toggle}-{src.scene_num}"
         folder = out / "json_2.1.1" / split / task_dir
         game, content = _write_game(src, folder / trial, goal, src.scene.with_goal(goal, problem), trial)
-        if play(game, expert):
+        if all(play(game, e) for e in EXPERTS[expert] for _ in range(checks)):
             tmp = game.with_suffix(".partial")
             tmp.write_text(json.dumps({**content, "solvable": True}))
             tmp.replace(game)
