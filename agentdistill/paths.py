@@ -1,6 +1,8 @@
-"""Where agentdistill keeps caches (converted model checkpoints, env metadata)."""
+"""Where agentdistill keeps caches (converted model checkpoints, env metadata), and how files there
+are written."""
 
 import os
+import uuid
 from pathlib import Path
 
 
@@ -11,3 +13,14 @@ def cache_dir() -> Path:
     path = Path(root)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write a file so that readers see the old content or the new, never a part: a uniquely named
+    sibling is written, then renamed over it (safe with concurrent writers in threads or processes)."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
+    if isinstance(data, str):
+        tmp.write_text(data)
+    else:
+        tmp.write_bytes(data)
+    tmp.replace(path)

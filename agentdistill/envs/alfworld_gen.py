@@ -25,6 +25,7 @@ from functools import cache
 from pathlib import Path
 
 from agentdistill.errors import ConfigError
+from agentdistill.paths import write_atomic
 
 FACT = re.compile(r"\((\w+) ([^()\s]+)(?: ([^()\s]+))?\)")
 NEEDS = {  # the device a task type needs in the scene, and the object property
@@ -268,9 +269,7 @@ def generate(sources: list[Path], out: Path, split: str, n: int, seed: int = 0, 
         folder = out / "json_2.1.1" / split / task_dir
         game, content = _write_game(src, folder / trial, goal, src.scene.with_goal(goal, problem), trial)
         if all(play(game, e) for e in EXPERTS[expert] for _ in range(checks)):
-            tmp = game.with_suffix(".partial")
-            tmp.write_text(json.dumps({**content, "solvable": True}))
-            tmp.replace(game)
+            write_atomic(game, json.dumps({**content, "solvable": True}))
             made.append(game)
             used[goal.signature] = split
         else:

@@ -24,13 +24,14 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import uuid
 from pathlib import Path
 from typing import Any, ClassVar
 
 from agentdistill.envs.base import Env, Observation, Requirement, StepResult, Task, http_status, python_package
 from agentdistill.errors import ConfigError, EnvNotReady
-from agentdistill.paths import cache_dir
+from agentdistill.paths import cache_dir, write_atomic
 
 # Roles dropped from the text tree: line breaks, and inline text boxes that repeat their parent's text
 IGNORED_ROLES = ["LineBreak", "InlineTextBox"]
@@ -124,17 +125,6 @@ def _goal_text(obs: dict) -> str:
     return "\n".join(p["text"] for p in obs.get("goal_object") or [] if p.get("type") == "text") or obs.get("goal", "")
 
 
-def _json_safe(info: dict) -> dict:
-    out = {}
-    for k, v in info.items():
-        try:
-            json.dumps(v)
-            out[k] = v
-        except (TypeError, ValueError):
-            out[k] = repr(v)[:500]
-    return out
-
-
 def _serve(conn, env_vars: dict[str, str], setup_module: str, launch: dict[str, Any], actions: list[str],
            screenshot: bool) -> None:
     """Worker main loop: one BrowserGym env at a time, commands over `conn`."""
@@ -144,10 +134,10 @@ def _serve(conn, env_vars: dict[str, str], setup_module: str, launch: dict[str, 
 
     env = None
 
-    def observe(obs: dict, reward: float = 0.0, done: bool = False, info: dict | None = None) -> dict:
+    def observe(obs: dict, reward: float = 0.0, done: bool = False) -> dict:
         return {"text": _text_observation(obs), "goal": _goal_text(obs), "url": obs.get("url", ""),
                 "error": obs.get("last_action_error") or "", "reward": float(reward), "done": done,
-                "info": _json_safe(info or {}), "png": _png(obs["screenshot"]) if screenshot else None}
+                "png": _png(obs["screenshot"]) if screenshot else None}
 
     try:
         while True:
@@ -168,11 +158,11 @@ def _serve(conn, env_vars: dict[str, str], setup_module: str, launch: dict[str, 
                     mapping = HighLevelActionSet(subsets=actions, multiaction=False).to_python_code
                     env = gym.make(f"browsergym/{args['task_id']}", headless=True, pw_chromium_kwargs=launch,
                                    action_mapping=mapping)
-                    obs, info = env.reset(seed=args["seed"])
-                    result = observe(obs, info=info.get("task_info", {}))
+                    obs, _ = env.reset(seed=args["seed"])
+                    result = observe(obs)
                 elif cmd == "step":
-                    obs, reward, terminated, truncated, info = env.step(args["action"])
-                    result = observe(obs, reward, bool(terminated or truncated), info.get("task_info", {}))
+                    obs, reward, terminated, truncated, _ = env.step(args["action"])
+                    result = observe(obs, reward, bool(terminated or truncated))
                 else:
                     raise ValueError(f"unknown command {cmd!r}")
                 conn.send(("ok", result))
@@ -196,7 +186,6 @@ class _Worker:
     def __init__(self, env_vars: dict[str, str], setup_module: str, launch: dict[str, Any], actions: list[str],
                  screenshot: bool):
         import socket
-        import subprocess
         import sys
         from multiprocessing.connection import Connection
 
@@ -236,8 +225,8 @@ class _Worker:
             except EnvNotReady:
                 pass
         try:
-            self.proc.wait(10)
-        except Exception:
+            self.proc.wait(10)  # the worker closes its browsers first
+        except subprocess.TimeoutExpired:
             pass
         self.kill()
         self.conn.close()
@@ -288,9 +277,7 @@ class BrowserGymEnv(Env):
         path = self.screenshot_dir / f"{hashlib.sha256(png).hexdigest()[:32]}.png"
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".{uuid.uuid4().hex}.partial")
-            tmp.write_bytes(png)
-            tmp.replace(path)
+            write_atomic(path, png)
         return {"screenshot": str(path)}
 
     def reset(self, task: Task, seed: int = 0) -> Observation:

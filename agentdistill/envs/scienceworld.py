@@ -15,7 +15,7 @@ from typing import Any
 
 from agentdistill.envs.base import Env, Observation, Requirement, StepResult, Task, java, python_package
 from agentdistill.errors import ConfigError
-from agentdistill.paths import cache_dir
+from agentdistill.paths import cache_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -64,9 +64,7 @@ class ScienceWorldEnv(Env):
             if task not in cached:
                 self._sw.load(task, 0, "")
                 cached[task] = {s: list(getattr(self._sw, fn)()) for s, fn in SPLITS.items()}
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(cached))
-                tmp.replace(path)
+                write_atomic(path, json.dumps(cached))
             return cached[task]
 
     def tasks(self, split: str, names: list[str] | None = None) -> list[Task]:
