@@ -96,7 +96,7 @@ def parse_code_action(text: str) -> ParsedAction:
 
 def parse_for(env_cls: type, text: str, admissible: list[str] | None = None) -> ParsedAction:
     """Parse a model's output by the env's action format (one command line, or code)."""
-    if getattr(env_cls, "action_format", "command") == "code":
+    if env_cls.action_format == "code":
         return parse_code_action(text)
     return parse_action(text, admissible)
 

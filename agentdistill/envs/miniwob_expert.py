@@ -45,16 +45,12 @@ def _one(nodes: list[Node], role: str | tuple[str, ...], name: str | None = None
     return found[0]
 
 
-def _q(s: str) -> str:
-    return repr(s)
-
-
 def _click(n: Node) -> str:
-    return f"click({_q(n.bid)})"
+    return f"click({repr(n.bid)})"
 
 
 def _fill(n: Node, text: str) -> str:
-    return f"fill({_q(n.bid)}, {_q(text)})"
+    return f"fill({repr(n.bid)}, {repr(text)})"
 
 
 def _submit(nodes: list[Node], label: str = "Submit") -> str:
@@ -79,7 +75,7 @@ PLANS: dict[str, tuple[str, Plan]] = {
     "click-button": (r'Click on the "(.+)" button', lambda m, n: [_click(_one(n, "button", m[1]))]),
     "click-dialog": (r"Close the dialog box", lambda m, n: [_click(_one(n, "button", "Close"))]),
     "click-tab": (r"Click on Tab #(\d+)", lambda m, n: [_click(_one(n, "link", f"Tab #{m[1]}"))]),
-    "focus-text": (r"Focus into the textbox", lambda m, n: [f"focus({_q(_one(n, 'textbox').bid)})"]),
+    "focus-text": (r"Focus into the textbox", lambda m, n: [f"focus({repr(_one(n, 'textbox').bid)})"]),
     "enter-text": (r'Enter "(.*)" into the text field',
                    lambda m, n: [_fill(_one(n, "textbox"), m[1]), _submit(n)]),
     "enter-password": (r'Enter the password "(.*)" into both',
@@ -91,7 +87,7 @@ PLANS: dict[str, tuple[str, Plan]] = {
                          lambda m, n: [_click(_one(n, "checkbox", i)) for i in _items(m[1])] + [_submit(n)]),
     "click-option": (r"Select (.*) and click Submit", lambda m, n: [_click(_one(n, "radio", m[1])), _submit(n)]),
     "choose-list": (r"Select (.*) from the list and click Submit",
-                    lambda m, n: [f"select_option({_q(_one(n, 'combobox').bid)}, {_q(m[1])})", _submit(n)]),
+                    lambda m, n: [f"select_option({repr(_one(n, 'combobox').bid)}, {repr(m[1])})", _submit(n)]),
 }
 
 
