@@ -100,13 +100,15 @@ def _print_summary(store, run_id: str) -> None:
 def run(
     recipe: Annotated[Optional[Path], typer.Argument(help="Recipe TOML; omit for the embedded default.")] = None,
     resume: Annotated[Optional[str], typer.Option("--resume", help="Finish this crashed/interrupted run id.")] = None,
+    start_from: Annotated[Optional[str], typer.Option("--from", help="Pipeline: recompute this stage and every later one (collect, distill, eval, report, or a stage name such as sft).")] = None,
+    only: Annotated[Optional[str], typer.Option("--only", help="Pipeline: recompute only this stage; the others come from the store.")] = None,
     db: DbOpt = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
-    """Roll out the recipe's teacher and student on its tasks and store every step.
+    """Run a recipe: a pipeline (collect -> distill -> eval -> report) or a plain teacher/student rollout.
 
-    Example: agentdistill run            (default: ScienceWorld expert vs local/smollm2-135m)
-             agentdistill run my.toml --db postgresql://me@localhost/agentdistill
+    Example: agentdistill run            (default pipeline: TextWorld expert -> SFT of local/smollm2-135m, held-out table)
+             agentdistill run my.toml --only eval.sft --db postgresql://me@localhost/agentdistill
              agentdistill run --resume 3f2a9c1b
     """
     from agentdistill.agents.rollout import resume_run, run_recipe
@@ -116,13 +118,67 @@ def run(
         raise AgentDistillError("--resume replays the recipe stored with the run: do not pass a recipe too")
     if resume:
         store = _store(db)
-        run_id = resume_run(store, resume, progress=progress)
+        stored = store.get_run(resume)
+        if stored.kind == "pipeline":
+            _run_pipeline(store, None, stored.id, start_from, only, progress)
+            return
+        if start_from or only:
+            raise AgentDistillError("--from and --only are for pipeline recipes (with collect/distill/eval stages)")
+        run_id = resume_run(store, stored.id, progress=progress)
     else:
         parsed = load_recipe(recipe)  # a bad recipe fails before the database is touched
         store = _store(db)
+        if parsed.is_pipeline:
+            _run_pipeline(store, parsed, None, start_from, only, progress)
+            return
+        if start_from or only:
+            raise AgentDistillError("--from and --only are for pipeline recipes (with collect/distill/eval stages)")
         run_id = run_recipe(store, parsed, progress=progress)
     _print_summary(store, run_id)
     console.print(f"stored in {store.engine.url.render_as_string(hide_password=True)}")
+
+
+def _run_pipeline(store, recipe, run_id: str | None, start_from, only, progress: bool) -> None:
+    from agentdistill.pipeline import run_pipeline, stored_recipe
+
+    recipe = recipe or stored_recipe(store, run_id)
+    say = lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True)  # noqa: E731
+    holder: dict[str, str] = {}
+    try:
+        pipeline_id = run_pipeline(store, recipe, run_id=run_id, start_from=start_from, only=only, progress=progress,
+                                   say=say, on_start=lambda rid: holder.setdefault("id", rid))
+    except KeyboardInterrupt:
+        rid = holder.get("id", run_id)
+        err_console.print(f"[red]interrupted:[/red] continue with `agentdistill run --resume {rid}` "
+                          "(finished stages and episodes are kept)", highlight=False)
+        sys.exit(130)
+    stages = store.stages(pipeline_id)
+    if any(st.name == "report" for st in stages):
+        _print_efficacy(store, pipeline_id)
+    console.print(f"pipeline run {pipeline_id}; stored in {store.engine.url.render_as_string(hide_password=True)}; "
+                  f"reprint with `agentdistill report efficacy {pipeline_id}`", highlight=False)
+
+
+def _print_efficacy(store, run_id: str) -> None:
+    from agentdistill.report import efficacy
+
+    report = efficacy.load(store, run_id)
+    env = report.get("env") or {}
+    table = Table(title=f"held-out {env.get('name')} {env.get('split')} tasks: every arm on the same (task, variation, "
+                        f"seed); intervals are bootstrap 95%", box=box.SIMPLE_HEAD, pad_edge=False,
+                  collapse_padding=True, title_justify="left")
+    for col in efficacy.COLUMNS:
+        table.add_column(col, justify="left" if col in ("arm", "verdict") else "right", no_wrap=True)
+    for row in efficacy.rows(report):
+        table.add_row(*row)
+    # a pipe or log file has no width to fit: print every column rather than squeezing the numbers
+    (console if console.is_terminal else Console(width=200)).print(table)
+    c = report.get("collect") or {}
+    if c.get("episodes") is not None:
+        console.print(f"teacher data: {c['episodes']} episodes, {c['successes']} successful, ${c['cost'] or 0:.4f}"
+                      + (" (reused from the store)" if c.get("reused_episodes") else ""), highlight=False)
+    for line in efficacy.conclusions(report):
+        console.print(line, highlight=False)
 
 
 @app.command()
@@ -389,6 +445,43 @@ def report_costs(
             n = break_even(upfront, base, r)
             console.print(f"{r.label}: demos cost ${upfront:.4f} upfront; " +
                           (f"paid back after {n:.1f} episodes" if n is not None else "never paid back (no saving per episode)"))
+
+
+@report_app.command("efficacy")
+def report_efficacy(
+    run_id: Annotated[str, typer.Argument(help="A pipeline run id (a unique prefix is enough).")],
+    format: Annotated[str, typer.Option("--format", help="table, json or html.")] = "table",
+    out: Annotated[Optional[Path], typer.Option("--out", help="File for json/html [default: stdout for json, efficacy-RUN.html for html].")] = None,
+    db: DbOpt = None,
+) -> None:
+    """The efficacy table of a pipeline run: every arm on the held-out tasks, intervals, paired difference to base.
+
+    Example: agentdistill report efficacy 3f2a --format html --out report.html
+    """
+    import json
+
+    from agentdistill.report import efficacy
+
+    if format not in ("table", "json", "html"):
+        raise AgentDistillError(f"--format {format!r}: use table, json or html")
+    store = _store(db)
+    run_id = store.get_run(run_id).id
+    if format == "table":
+        _print_efficacy(store, run_id)
+        return
+    report = efficacy.load(store, run_id)
+    if format == "json":
+        text = json.dumps(report, indent=1, default=str)
+        if out is None:
+            print(text)
+        else:
+            out.write_text(text)
+            console.print(f"wrote {out}", highlight=False)
+        return
+    from agentdistill.report.html import write_html
+
+    path = write_html(report, out or Path(f"efficacy-{run_id}.html"))
+    console.print(f"wrote {path}", highlight=False)
 
 
 @app.command()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import tomllib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -101,18 +101,229 @@ class RunnerSpec(_Strict):
     seeds: list[int] = [0]
 
 
+# ---- pipeline stages (collect -> distill -> eval -> report) ----------------------------------------
+NAME = r"^[a-z][a-z0-9_-]{0,39}$"  # stage and arm names: short, lowercase, usable in paths
+RESERVED_ARMS = ("base", "teacher")
+
+
+class CollectSpec(_Strict):
+    """Teacher episodes on the training split: what every distiller learns from."""
+
+    split: str = "train"
+    tasks: list[str] | None = None  # None: the [env] tasks
+    variations: int | None = Field(20, ge=1)  # first N variations per task; None: all
+    seeds: list[int] = [0]
+    max_steps: int | None = Field(None, ge=1)  # None: the teacher's (or the runner's) step limit
+
+
+class LoraTable(_Strict):
+    r: int = Field(16, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class _Trained(_Strict):
+    """What every training method shares: where it starts from and how the weights are adapted."""
+
+    name: str = Field(pattern=NAME)
+    init: str = "base"  # the base student, or the name of an earlier distill stage whose checkpoint to continue
+    lora: LoraTable | None = LoraTable()  # None (lora = false is not TOML): use full = true
+    full: bool = False  # full fine-tune instead of LoRA
+    learning_rate: float | None = Field(None, gt=0)  # None: the method's default for LoRA / full
+    max_length: int = Field(2048, ge=64)
+    seed: int = 0
+
+
+class SFTStage(_Trained):
+    method: Literal["sft"]
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    unit: Literal["chunks", "steps"] = "chunks"
+
+
+class OPDStage(_Trained):
+    """On-policy distillation; `curriculum` f2b / b2f makes it TCOD."""
+
+    method: Literal["opd"]
+    teacher_model: str | None = None  # a local model sharing the student's tokenizer; None: self-teacher + context
+    context: Literal["none", "demo", "skill"] = "demo"
+    skill: str | None = None  # context "skill": a skills stage's pack, or a SKILL.md / pack directory
+    divergence: Literal["reverse_kl", "forward_kl", "jsd"] = "reverse_kl"
+    curriculum: Literal["none", "f2b", "b2f"] = "none"
+    k_start: int = Field(1, ge=1)
+    eta: int = Field(1, ge=1)
+    k_max: int | None = Field(None, ge=1)
+    iterations: int = Field(8, ge=1)
+    episodes_per_iteration: int = Field(2, ge=1)
+    temperature: float = Field(1.0, gt=0, le=2)
+    max_steps: int | None = Field(None, ge=1)  # student turns per rollout; None: the student's eval step limit
+
+
+class SkillSDStage(OPDStage):
+    """Skill-SD: the student's own weights given a skill teach the student without it."""
+
+    method: Literal["skill_sd"]  # type: ignore[assignment]
+    context: Literal["skill"] = "skill"  # type: ignore[assignment]
+    grpo_weight: float = Field(0.0, ge=0)
+
+
+class SODAStage(_Trained):
+    """SODA: the teacher's action at a stored state (chosen) vs a one-time snapshot of the student's own
+    output at that state (rejected), aligned with DPO; for black-box teachers that give no log-probs."""
+
+    method: Literal["soda"]
+    beta: float = Field(0.1, gt=0)
+    sft_weight: float = Field(0.0, ge=0)  # + this x NLL on the chosen action (TRL loss_type "sft")
+    epochs: float = Field(1.0, gt=0)
+    max_steps: int = -1
+    batch_size: int = Field(4, ge=1)
+    snapshot_temperature: float = Field(0.0, ge=0, le=2)  # how the student's rejected outputs are sampled
+
+
+class SkillsStage(_Strict):
+    """A skill pack: Trace2Skill over the collected trajectories, or SPARK's explore-and-verify loop."""
+
+    name: str = Field(pattern=NAME)
+    method: Literal["skills"]
+    distiller: Literal["trace2skill", "spark"] = "trace2skill"
+    skill: str | None = None  # the pack's name in the library; None: <recipe name>-<stage name>
+    analyst: str = "trace"  # trace2skill: "trace" (offline) or a model id
+    skill_mode: Literal["inline", "progressive"] = "inline"
+    attempts: int = Field(3, ge=1)  # spark
+    variations: int = Field(2, ge=1)  # spark: train variations per task it explores
+    pdi: Literal["off", "observe", "intervene"] = "intervene"
+
+
+class ICDStage(_Strict):
+    """In-context distillation: a demo index over the collected teacher steps."""
+
+    name: str = Field(pattern=NAME)
+    method: Literal["icd"]
+    k: int = Field(2, ge=1, le=20)
+    unit: Literal["window", "trajectory"] = "window"
+    window: int = Field(1, ge=0)
+    retrieval: Literal["auto", "dense", "bm25"] = "auto"
+
+
+DistillSpec = Annotated[
+    SFTStage | OPDStage | SkillSDStage | SODAStage | SkillsStage | ICDStage, Field(discriminator="method")
+]
+CHECKPOINT_METHODS = ("sft", "opd", "skill_sd", "soda")
+
+
+class ArmSpec(_Strict):
+    """An evaluation arm built from the base student and what the distill stages produced."""
+
+    name: str = Field(pattern=NAME)
+    policy: Literal["llm", "cascade"] = "llm"
+    model: str = "base"  # "base" or a training stage's name
+    skills: list[str] = []  # skills stages' names
+    icd: str | None = None  # an icd stage's name
+    n: int | None = Field(None, ge=1, le=64)  # samples per step (cascade default 3)
+    temperature: float | None = Field(None, ge=0, le=2)  # cascade default 0.7
+    threshold: float = Field(0.5, ge=0, le=1)
+
+
+class EvalSpec(_Strict):
+    """Arms on the held-out tasks of [env] (same tasks and seeds for every arm)."""
+
+    arms: list[str] | None = None  # None: base, one arm per distill stage, every [[eval.arm]], teacher
+    arm: list[ArmSpec] = []
+    variations: int | None = Field(None, ge=1)  # None: [env] variations
+    seeds: list[int] | None = None  # None: [runner] seeds
+
+
+class ReportSpec(_Strict):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)  # the stored recipe round-trips by field name
+    base: str = "base"  # the arm every paired difference is taken against
+    html: str | None = None  # also write the HTML report here
+    json_path: str | None = Field(None, alias="json")  # also write the report as JSON here
+
+
 class Recipe(_Strict):
     name: str = "run"
     env: EnvSpec = EnvSpec()
     teacher: PolicySpec | None = None
     student: PolicySpec | None = None
     runner: RunnerSpec = RunnerSpec()
+    # pipeline stages; a recipe without them is a plain rollout of [teacher] and [student]
+    collect: CollectSpec | None = None
+    distill: list[DistillSpec] = []
+    eval: EvalSpec | None = None
+    report: ReportSpec | None = None
+    workdir: str = ".agentdistill"  # checkpoints, indexes and reports of pipeline stages go under here
 
     @model_validator(mode="after")
     def _some_role(self) -> Recipe:
         if self.teacher is None and self.student is None:
             raise ValueError("a recipe needs a [teacher] or a [student] table")
+        if self.is_pipeline:
+            self._check_pipeline()
         return self
+
+    @property
+    def is_pipeline(self) -> bool:
+        return bool(self.collect or self.distill or self.eval or self.report)
+
+    def _check_pipeline(self) -> None:
+        if self.teacher is None or self.student is None:
+            raise ValueError("a pipeline recipe needs a [teacher] (its demonstrations are collected) and a "
+                             "[student] (the model distilled into)")
+        if self.student.policy != "llm":
+            raise ValueError('student.policy: the pipeline\'s base student is policy "llm"; cascades are eval arms '
+                             '([[eval.arm]] with policy = "cascade")')
+        if self.distill and self.collect is None:
+            raise ValueError("distill stages learn from teacher episodes: add a [collect] table")
+        seen: dict[str, str] = {}
+        for i, d in enumerate(self.distill):
+            where = f"distill.{i}"
+            if d.name in RESERVED_ARMS or d.name in seen:
+                raise ValueError(f"{where}.name: {d.name!r} is {'reserved' if d.name in RESERVED_ARMS else 'used twice'}: "
+                                 "give each distill stage its own name")
+            init = getattr(d, "init", "base")
+            if init != "base" and seen.get(init) not in CHECKPOINT_METHODS:
+                raise ValueError(f"{where}.init: {init!r} is not an earlier training stage (sft, opd, skill_sd, soda): "
+                                 "use \"base\" or the name of one listed above it")
+            skill = getattr(d, "skill", None) if d.method in ("opd", "skill_sd") else None
+            if skill and "/" not in skill and not skill.endswith(".md") and seen.get(skill) != "skills":
+                raise ValueError(f"{where}.skill: {skill!r} is neither an earlier skills stage nor a SKILL.md path")
+            if d.method in ("opd", "skill_sd") and d.context == "skill" and not skill and d.method == "opd":
+                raise ValueError(f"{where}.skill: context \"skill\" needs a skill: an earlier skills stage's name or a path")
+            if d.method == "opd" and d.teacher_model is None and d.context == "none":
+                raise ValueError(f"{where}.context: a self-teacher needs privileged context: \"demo\" or \"skill\", "
+                                 "or name a local teacher_model")
+            seen[d.name] = d.method
+        if self.eval is not None:
+            arm_names = set(RESERVED_ARMS) | set(seen)
+            for j, a in enumerate(self.eval.arm):
+                where = f"eval.arm.{j}"
+                if a.name in arm_names:
+                    raise ValueError(f"{where}.name: {a.name!r} is already an arm (base, teacher and every distill "
+                                     "stage are arms): choose another name")
+                if a.model != "base" and seen.get(a.model) not in CHECKPOINT_METHODS:
+                    raise ValueError(f"{where}.model: {a.model!r} is not a training stage: use \"base\" or a distill "
+                                     "stage with method sft, opd, skill_sd or soda")
+                for s in a.skills:
+                    if seen.get(s) != "skills":
+                        raise ValueError(f"{where}.skills: {s!r} is not a skills stage")
+                if a.icd is not None and seen.get(a.icd) != "icd":
+                    raise ValueError(f"{where}.icd: {a.icd!r} is not an icd stage")
+                arm_names.add(a.name)
+            for name in self.eval.arms or []:
+                if name not in arm_names:
+                    raise ValueError(f"eval.arms: unknown arm {name!r}: use base, teacher, a distill stage's name "
+                                     "or an [[eval.arm]] name")
+        if self.report is not None and self.eval is not None and self.report.base not in self.arm_names():
+            raise ValueError(f"report.base: {self.report.base!r} is not an evaluated arm")
+
+    def arm_names(self) -> list[str]:
+        if self.eval is None:
+            return []
+        if self.eval.arms is not None:
+            return list(self.eval.arms)
+        return ["base", *(d.name for d in self.distill), *(a.name for a in self.eval.arm), "teacher"]
 
     def roles(self) -> dict[str, PolicySpec]:
         return {r: s for r, s in (("teacher", self.teacher), ("student", self.student)) if s is not None}
@@ -120,12 +331,12 @@ class Recipe(_Strict):
 
 def _one_line(err: ValidationError, source: str) -> str:
     e = err.errors()[0]
-    where = ".".join(str(p) for p in e["loc"]) or "recipe"
+    where = ".".join(str(p) for p in e["loc"])
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "extra_forbidden":
         msg = "unknown field: remove it or check its spelling"
     extra = f" (and {len(err.errors()) - 1} more problem(s))" if len(err.errors()) > 1 else ""
-    return f"{source}: {where}: {msg}{extra}"
+    return f"{source}: {where + ': ' if where else ''}{msg}{extra}"
 
 
 def parse_recipe(data: dict[str, Any], source: str = "recipe") -> Recipe:

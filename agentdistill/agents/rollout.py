@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict
+from collections.abc import Callable
 
 from agentdistill.agents.cascade import CascadePolicy
 from agentdistill.agents.policies import ExpertPolicy, LLMPolicy, Policy
@@ -100,11 +101,15 @@ def plan_for(env: Env, recipe: Recipe) -> list[EpisodeSpec]:
     return make_plan(list(recipe.roles()), select_tasks(env, recipe), recipe.runner.seeds)
 
 
-def run_recipe(store: Store, recipe: Recipe, *, progress: bool = True) -> str:
-    """Start a new run for the recipe and execute it; returns the run id."""
+def run_recipe(store: Store, recipe: Recipe, *, progress: bool = True, kind: str = "rollout",
+               on_start: Callable[[str], None] | None = None) -> str:
+    """Start a new run for the recipe and execute it; returns the run id. `on_start(run_id)` is called
+    once the run exists, before any episode (a pipeline records it so the run can be resumed)."""
     # fail before creating a run
     policies = {role: build_policy(spec, store, recipe.env.name) for role, spec in recipe.roles().items()}
-    run_id = store.create_run(recipe.name, recipe.model_dump(mode="json"))
+    run_id = store.create_run(recipe.name, recipe.model_dump(mode="json"), kind=kind)
+    if on_start:
+        on_start(run_id)
     _execute(store, run_id, recipe, policies, progress)
     return run_id
 

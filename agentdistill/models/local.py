@@ -91,6 +91,26 @@ def resolve_checkpoint(name_or_path: str) -> Path:
     raise ConfigError(f"{path} is not a transformers checkpoint (no config.json or adapter_config.json)")
 
 
+def native_bf16(device: str = "cpu") -> bool:
+    """Whether bf16 matmuls run natively here: a bf16-capable GPU, or a CPU with AVX512-BF16 or AMX
+    (2-2.5x faster than fp32 for SmolLM2 on such a CPU; elsewhere bf16 is emulated and slower)."""
+    import torch
+
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def default_dtype() -> str:
+    import torch
+
+    return "bfloat16" if native_bf16("cuda" if torch.cuda.is_available() else "cpu") else "float32"
+
+
 class _Loaded:
     """Weights shared by every LocalModel on the same checkpoint in this process."""
 
@@ -108,7 +128,8 @@ class _Loaded:
         if (path / "adapter_config.json").exists():
             from peft import AutoPeftModelForCausalLM
 
-            self.model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+            # merged for inference: the same outputs, without the adapter's extra matmuls on every layer
+            self.model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=torch_dtype).merge_and_unload()
         else:
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
         self.model.eval()
@@ -127,11 +148,11 @@ class _Loaded:
 
 
 class LocalModel(ChatModel):
-    def __init__(self, model_id: str, dtype: str = "float32", top_p: float = 1.0, price: Price | None = None):
+    def __init__(self, model_id: str, dtype: str = "auto", top_p: float = 1.0, price: Price | None = None):
         name = model_id.removeprefix("local/")
         self.id = model_id
         self.path = resolve_checkpoint(name)
-        self.dtype = dtype
+        self.dtype = dtype = default_dtype() if dtype == "auto" else dtype
         self.top_p = top_p
         self.price = resolve_price(model_id, price)
         self._loaded = _Loaded.get(self.path, dtype)
@@ -139,11 +160,16 @@ class LocalModel(ChatModel):
     @classmethod
     def from_model(cls, model_id: str, model, tokenizer, price: Price | None = None) -> LocalModel:
         """Wrap weights already in memory (a trainer's student), so rollouts use them as they train."""
+        import torch
+
         self = cls.__new__(cls)
         self.id, self.path, self.dtype, self.top_p = model_id, None, str(next(model.parameters()).dtype), 1.0
         self.price = resolve_price(model_id, price)
         loaded = _Loaded.__new__(_Loaded)
         loaded.model, loaded.tokenizer, loaded.lock = model, tokenizer, threading.Lock()
+        # a trainer's fp32 master weights: generate under bf16 autocast where that is native (2x faster)
+        device = next(model.parameters()).device.type
+        loaded.autocast = next(model.parameters()).dtype == torch.float32 and native_bf16(device)
         self._loaded = loaded
         return self
 
@@ -175,7 +201,9 @@ class LocalModel(ChatModel):
             gen_kwargs.update(temperature=None, top_p=None, top_k=None)
         if stop:
             gen_kwargs.update(stop_strings=stop, tokenizer=tok)
-        with self._loaded.lock, torch.inference_mode():
+        autocast = torch.autocast(self.model.device.type, dtype=torch.bfloat16,
+                                  enabled=getattr(self._loaded, "autocast", False))
+        with self._loaded.lock, torch.inference_mode(), autocast:
             t0 = time.perf_counter()  # inside the lock: latency is compute, not queueing
             out = self.model.generate(**enc, **gen_kwargs)
             latency = time.perf_counter() - t0

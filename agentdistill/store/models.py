@@ -190,3 +190,24 @@ class Evaluation(Base):
     checkpoint_id: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id"))
     metrics: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Stage(Base):
+    """One stage of a pipeline run (collect, distill.<name>, eval.<arm>, report) and what it produced.
+
+    `key` hashes the stage's inputs (its config and the outputs of the stages it reads), so a re-run
+    with unchanged inputs reuses a finished stage's outputs instead of redoing the work."""
+
+    __tablename__ = "stages"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))  # collect, distill, eval, report
+    key: Mapped[str] = mapped_column(String(64), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running, done, error
+    outputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)  # run ids, checkpoint ids, paths, ...
+    reused_from: Mapped[int | None] = mapped_column(ForeignKey("stages.id"))
+    error: Mapped[str | None] = mapped_column(Text)
+    wall_time: Mapped[float] = mapped_column(Float, default=0.0)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from agentdistill.errors import AgentDistillError
 from agentdistill.store import db
-from agentdistill.store.models import Base, Episode, ModelCall, Run, Step, Task, utcnow
+from agentdistill.store.models import Base, Episode, ModelCall, Run, Stage, Step, Task, utcnow
 
 
 @dataclass
@@ -261,9 +261,12 @@ class Store:
         runs: list[str] | None = None,
         split: str | None = None,
         tasks: list[str] | None = None,
+        ids: list[int] | None = None,
     ) -> list[int]:
         """Ids of finished episodes matching the filters (None: any), selected in SQL (no steps loaded)."""
         q = select(Episode.id).join(Task).where(Episode.status == "done").order_by(Episode.id)
+        if ids is not None:
+            q = q.where(Episode.id.in_(ids))
         if role:
             q = q.where(Episode.role == role)
         if success is not None:
@@ -288,6 +291,48 @@ class Store:
         tasks: list[str] | None = None,
     ) -> list[int]:
         return self.episode_ids(role, True, env, runs, split, tasks)
+
+    # ---- pipeline stages ------------------------------------------------------------------------
+    def start_stage(self, run_id: str, name: str, kind: str, key: str, outputs: dict[str, Any] | None = None,
+                    reused_from: int | None = None) -> int:
+        """Record a stage of a pipeline run; a reused stage is recorded finished at once."""
+        with self.session() as s, s.begin():
+            done = reused_from is not None
+            st = Stage(run_id=run_id, name=name, kind=kind, key=key, outputs=outputs or {}, reused_from=reused_from,
+                       status="done" if done else "running", finished_at=utcnow() if done else None)
+            s.add(st)
+            s.flush()
+            return st.id
+
+    def update_stage(self, stage_id: int, *, status: str | None = None, outputs: dict[str, Any] | None = None,
+                     error: str | None = None, wall_time: float | None = None) -> None:
+        """Merge `outputs` into the stage's (partial outputs are recorded as they appear, e.g. a rollout's
+        run id, so an interrupted stage can be continued)."""
+        with self.session() as s, s.begin():
+            st = s.get(Stage, stage_id)
+            if outputs:
+                st.outputs = {**(st.outputs or {}), **outputs}
+            if error is not None:
+                st.error = error
+            if wall_time is not None:
+                st.wall_time = wall_time
+            if status is not None:
+                st.status = status
+                st.finished_at = utcnow() if status != "running" else None
+
+    def find_stages(self, key: str, statuses: tuple[str, ...] = ("done",)) -> list[Stage]:
+        """Stages with this input key and status, newest first (a reused one points at its origin)."""
+        with self.session() as s:
+            return list(s.scalars(select(Stage).where(Stage.key == key, Stage.status.in_(statuses))
+                                  .order_by(Stage.id.desc())))
+
+    def stage(self, stage_id: int) -> Stage:
+        with self.session() as s:
+            return s.get(Stage, stage_id)
+
+    def stages(self, run_id: str) -> list[Stage]:
+        with self.session() as s:
+            return list(s.scalars(select(Stage).where(Stage.run_id == run_id).order_by(Stage.id)))
 
     # ---- stats ----------------------------------------------------------------------------------
     def stats(self) -> dict[str, int]:

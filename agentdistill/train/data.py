@@ -141,10 +141,11 @@ class EpisodeFilter:
     runs: list[str] | None = None
     split: str | None = None
     tasks: list[str] | None = None
+    ids: list[int] | None = None  # only among these episodes (e.g. what a pipeline's collect stage produced)
 
     def select(self, store: Store) -> list[Episode]:
         """Matching finished episodes with their steps (not their model calls: prompts are big)."""
-        ids = store.episode_ids(self.role, self.success, self.env, self.runs, self.split, self.tasks)
+        ids = store.episode_ids(self.role, self.success, self.env, self.runs, self.split, self.tasks, self.ids)
         return store.episodes(ids=ids, with_steps=True, with_calls=False) if ids else []
 
 
@@ -224,5 +225,5 @@ def load_dataset_ref(store: Store, ref: str) -> tuple[int | None, Any]:
 
 
 def _describe(f: EpisodeFilter) -> str:
-    parts = [f"{k}={v}" for k, v in f.__dict__.items() if v is not None]
+    parts = [f"{k}={v}" if k != "ids" else f"{len(v)} listed episodes" for k, v in f.__dict__.items() if v is not None]
     return ", ".join(parts) or "no filters"

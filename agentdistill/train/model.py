@@ -44,8 +44,10 @@ class Hardware:
             raise ConfigError("device cuda requested but torch sees no GPU: use --device cpu or auto")
         if device not in ("cuda", "cpu"):
             raise ConfigError(f"unknown device {device!r}: use auto, cuda or cpu")
-        if bf16 is None:  # bf16 where the GPU supports it; fp32 on CPU (bf16 matmuls there are slow)
-            bf16 = device == "cuda" and torch.cuda.is_bf16_supported()
+        if bf16 is None:  # bf16 where the hardware computes in it natively (mixed precision: fp32 master weights)
+            from agentdistill.models.local import native_bf16
+
+            bf16 = native_bf16(device)
         return cls(device, bf16)
 
     def trainer_args(self) -> dict[str, Any]:
@@ -60,29 +62,38 @@ def base_checkpoint(model_id: str) -> Path:
     return resolve_checkpoint(model_id.removeprefix("local/"))
 
 
-def load_student(model_id: str, lora: LoraSpec | None, hw: Hardware, trainable: bool = True):
-    """(model, tokenizer). A LoRA adapter directory continues training that adapter."""
+def load_student(model_id: str, lora: LoraSpec | None, hw: Hardware, trainable: bool = True,
+                 fresh_adapter: bool = False):
+    """(model, tokenizer). A LoRA adapter directory continues training that adapter, or, with
+    `fresh_adapter`, is merged into its base and a new adapter starts on top (then the adapter-disabled
+    model is the starting policy, as a preference trainer's reference must be)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     path = base_checkpoint(model_id)
-    dtype = torch.bfloat16 if hw.bf16 else torch.float32
+    dtype = torch.bfloat16 if hw.bf16 and hw.device == "cuda" else torch.float32  # CPU: fp32 weights, bf16 autocast
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     if (path / "adapter_config.json").exists():
         from peft import AutoPeftModelForCausalLM
 
-        model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype, is_trainable=trainable)
+        model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=dtype, is_trainable=trainable and not fresh_adapter)
+        if fresh_adapter:
+            model = model.merge_and_unload()
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
-        if lora is not None and trainable:
-            from peft import get_peft_model
+    if lora is not None and trainable and not hasattr(model, "peft_config"):
+        from peft import get_peft_model
 
-            model = get_peft_model(model, lora.config())
+        model = get_peft_model(model, lora.config())
     return model.to(hw.device), tok
+
+
+def is_adapter(model_id: str) -> bool:
+    return (base_checkpoint(model_id) / "adapter_config.json").exists()
 
 
 def save_student(model, tokenizer, out: Path, merge: bool = False) -> Path:

@@ -278,7 +278,9 @@ class OPDTrainer:
         import torch
 
         x = torch.tensor([ids], device=self.hw.device)
-        logits = model(input_ids=x).logits[0]
+        # mixed precision where the hardware computes bf16 natively (fp32 master weights, as TRL's bf16 does)
+        with torch.autocast(self.hw.device, dtype=torch.bfloat16, enabled=self.hw.bf16):
+            logits = model(input_ids=x).logits[0]
         # the token at position j is predicted by the logits at j - 1
         return logits[torch.tensor(positions, device=self.hw.device) - 1].float()
 
