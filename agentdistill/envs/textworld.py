@@ -62,7 +62,9 @@ def game_path(preset: str, seed: int, root: Path | None = None) -> Path:
     return out
 
 
-_GENERATOR = threading.Lock()  # the generator's knowledge base and RNG plumbing are process-global
+# TextWorld's logic parser (tatsu) is process-global and not thread-safe: it runs when the generator
+# loads its knowledge base and when a game file is loaded, so generation shares the interpreter's lock
+_GENERATOR = _GLULX
 
 
 def _make_game(preset: dict[str, int], seed: int, path: Path) -> None:

@@ -20,6 +20,7 @@ from filelock import FileLock
 
 from agentdistill.errors import ConfigError
 from agentdistill.models.base import ChatModel, Completion, Message
+from agentdistill.models.batching import Batcher, Request
 from agentdistill.models.cost import Price, resolve_price
 from agentdistill.paths import cache_dir
 
@@ -138,6 +139,14 @@ class _Loaded:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.lock = threading.Lock()  # one generate at a time: torch already uses every core
 
+    def batcher(self, max_batch: int) -> Batcher:
+        """The weights' request batcher, started on first use; each batch is answered by the LocalModel
+        that sent it (they may differ in id, price, top_p)."""
+        with _Loaded._cache_lock:
+            if getattr(self, "_batcher", None) is None:
+                self._batcher = Batcher(lambda batch: batch[0].owner._generate(batch), max_batch)
+            return self._batcher
+
     @classmethod
     def get(cls, path: Path, dtype: str) -> _Loaded:
         key = f"{path.resolve()}|{dtype}"
@@ -148,9 +157,11 @@ class _Loaded:
 
 
 class LocalModel(ChatModel):
-    def __init__(self, model_id: str, dtype: str = "auto", top_p: float = 1.0, price: Price | None = None):
+    def __init__(self, model_id: str, dtype: str = "auto", top_p: float = 1.0, price: Price | None = None,
+                 batching: bool = True, max_batch: int = 16):
         name = model_id.removeprefix("local/")
         self.id = model_id
+        self.batching, self.max_batch = batching, max_batch
         self.path = resolve_checkpoint(name)
         self.dtype = dtype = default_dtype() if dtype == "auto" else dtype
         self.top_p = top_p
@@ -164,6 +175,7 @@ class LocalModel(ChatModel):
 
         self = cls.__new__(cls)
         self.id, self.path, self.dtype, self.top_p = model_id, None, str(next(model.parameters()).dtype), 1.0
+        self.batching, self.max_batch = True, 16
         self.price = resolve_price(model_id, price)
         loaded = _Loaded.__new__(_Loaded)
         loaded.model, loaded.tokenizer, loaded.lock = model, tokenizer, threading.Lock()
@@ -182,49 +194,65 @@ class LocalModel(ChatModel):
         return self._loaded.model
 
     def complete(self, messages: list[Message], n=1, temperature=0.0, max_tokens=256, stop=None):
+        request = Request(messages, n, temperature, max_tokens, tuple(stop or ()), owner=self)
+        if not self.batching:
+            return self._generate([request])[0]
+        return self._loaded.batcher(self.max_batch).submit(request)
+
+    def _generate(self, requests: list[Request]) -> list[list[Completion]]:
+        """One generate call for requests sharing sampling settings and stop strings: prompts are
+        left-padded; each request gets its own max_tokens, n samples, token counts and cost."""
         import torch
 
         tok = self.tokenizer
-        enc = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
-        enc = {k: v.to(self.model.device) for k, v in enc.items()}
-        prompt_len = enc["input_ids"].shape[1]
-        sample = temperature > 0
-        gen_kwargs: dict[str, Any] = dict(
-            max_new_tokens=max_tokens,
-            do_sample=sample,
-            num_return_sequences=n if sample else 1,  # greedy samples are identical: decode once
-            pad_token_id=tok.pad_token_id,
-        )
+        prompts = [tok.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+                   for r in requests]
+        prompts = [p["input_ids"] if isinstance(p, dict) else list(p) for p in prompts]
+        first = requests[0]
+        sample = first.temperature > 0
+        copies = [r.n if sample else 1 for r in requests]  # greedy samples are identical: decode once
+        rows = [p for p, c in zip(prompts, copies) for _ in range(c)]
+        width = max(len(p) for p in rows)
+        pad = tok.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in rows], device=self.model.device)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows], device=self.model.device)
+        limit = max(r.max_tokens for r in requests)
+        gen_kwargs: dict[str, Any] = dict(max_new_tokens=limit, do_sample=sample, pad_token_id=pad)
         if sample:
-            gen_kwargs.update(temperature=temperature, top_p=self.top_p)
+            gen_kwargs.update(temperature=first.temperature, top_p=self.top_p)
         else:
             gen_kwargs.update(temperature=None, top_p=None, top_k=None)
-        if stop:
-            gen_kwargs.update(stop_strings=stop, tokenizer=tok)
+        if first.stop:
+            gen_kwargs.update(stop_strings=list(first.stop), tokenizer=tok)
         autocast = torch.autocast(self.model.device.type, dtype=torch.bfloat16,
                                   enabled=getattr(self._loaded, "autocast", False))
         with self._loaded.lock, torch.inference_mode(), autocast:
             t0 = time.perf_counter()  # inside the lock: latency is compute, not queueing
-            out = self.model.generate(**enc, **gen_kwargs)
+            out = self.model.generate(input_ids=input_ids, attention_mask=mask, **gen_kwargs)
             latency = time.perf_counter() - t0
-        completions = []
-        for seq in out:
-            new = seq[prompt_len:]
-            n_tokens = int((new != tok.pad_token_id).sum()) if tok.pad_token_id is not None else len(new)
-            text = tok.decode(new, skip_special_tokens=True)
-            finish = "length" if n_tokens >= max_tokens else "stop"
-            for s in stop or []:  # generate stops after the stop string; the API convention cuts it off
-                if s in text:
-                    text, finish = text[: text.index(s)], "stop"
-            completions.append(
-                Completion(text, self.id, prompt_len, n_tokens, 0.0, latency, finish)
-            )
-        if not sample and n > 1:
-            completions = [completions[0]] + [
-                Completion(completions[0].text, self.id, prompt_len, 0, 0.0, latency, completions[0].finish_reason)
-                for _ in range(n - 1)
-            ]
-        share = self.price.cost(prompt_len, 0) / len(completions)
-        for c in completions:
-            c.cost = share + self.price.cost(0, c.completion_tokens)
-        return completions
+        results, row = [], 0
+        for r, prompt, c in zip(requests, prompts, copies):
+            completions = [self._completion(out[row + j, width:], r, len(prompt), latency) for j in range(c)]
+            row += c
+            if not sample and r.n > 1:
+                head = completions[0]
+                completions += [Completion(head.text, self.id, len(prompt), 0, 0.0, latency, head.finish_reason)
+                                for _ in range(r.n - 1)]
+            share = self.price.cost(len(prompt), 0) / len(completions)
+            for comp in completions:
+                comp.cost = share + self.price.cost(0, comp.completion_tokens)
+            results.append(completions)
+        return results
+
+    def _completion(self, new, request: Request, prompt_len: int, latency: float) -> Completion:
+        tok = self.tokenizer
+        new = new[: request.max_tokens]  # a batch decodes to its longest request's limit
+        ends = (new == tok.pad_token_id).nonzero()
+        if len(ends):  # generation stopped here (end of turn); what follows is padding
+            new = new[: int(ends[0])]
+        text = tok.decode(new, skip_special_tokens=True)
+        finish = "length" if len(new) >= request.max_tokens else "stop"
+        for s in request.stop:  # generate stops after the stop string; the API convention cuts it off
+            if s in text:
+                text, finish = text[: text.index(s)], "stop"
+        return Completion(text, self.id, prompt_len, len(new), 0.0, latency, finish)

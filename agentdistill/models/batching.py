@@ -1,0 +1,80 @@
+"""Dynamic batching for in-process models: requests that arrive while the model is busy are answered
+together by one forward pass per token.
+
+On a small model the cost of a decoding step is mostly fixed overhead (30 layers of small kernels),
+so decoding 8 sequences costs little more than decoding 1: concurrent episodes stop queueing behind
+one another. Requests are grouped by what a batch must share (sampling settings and stop strings);
+each keeps its own prompt, max_tokens, n, token counts and latency.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Request:
+    messages: list[dict[str, str]]
+    n: int
+    temperature: float
+    max_tokens: int
+    stop: tuple[str, ...]
+    owner: Any = None  # the model object whose settings (id, price, top_p) answer it
+    future: Future = field(default_factory=Future)
+
+    @property
+    def group(self) -> tuple:
+        """What requests answered by one generate call must share."""
+        return (id(self.owner), self.temperature > 0, self.temperature, self.stop)
+
+
+class Batcher:
+    """One worker thread per model: takes every queued request when it becomes free (after waiting
+    `window` seconds for stragglers), runs compatible ones as one batch of at most `max_batch` rows."""
+
+    def __init__(self, generate: Callable[[list[Request]], list[Any]], max_batch: int = 16, window: float = 0.002):
+        """`generate(batch)` answers a list of compatible requests, one result per request, in order."""
+        self.generate, self.max_batch, self.window = generate, max_batch, window
+        self._queue: queue.Queue[Request] = queue.Queue()
+        self._thread = threading.Thread(target=self._work, name="agentdistill-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, request: Request) -> Any:
+        self._queue.put(request)
+        return request.future.result()
+
+    def _work(self) -> None:
+        pending: list[Request] = []
+        while True:
+            if not pending:
+                pending.append(self._queue.get())
+                time.sleep(self.window)
+            while True:
+                try:
+                    pending.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            group = pending[0].group
+            batch, rows, rest = [], 0, []
+            for r in pending:
+                rows_r = r.n if r.temperature > 0 else 1
+                if r.group == group and (not batch or rows + rows_r <= self.max_batch):
+                    batch.append(r)
+                    rows += rows_r
+                else:
+                    rest.append(r)
+            pending = rest
+            try:
+                results = self.generate(batch)
+            except BaseException as e:  # every waiting caller gets the error, the worker lives on
+                for r in batch:
+                    r.future.set_exception(e)
+                continue
+            for r, res in zip(batch, results):
+                r.future.set_result(res)
