@@ -47,9 +47,14 @@ def test_trace2skill_builds_a_valid_versioned_pack_from_real_trajectories(traj_s
     assert meta["distiller"] == "trace2skill" and meta["trajectories"] == str(len(eps))
     assert set(meta["source-runs"].split(",")) == {e.run_id for e in eps}
     body = v.pack.body
+    # the procedure is induced across the successful runs, with placeholders for what differs between them
+    procedure = body.split("## Procedure")[1].split("\n## ")[0]
+    assert "`connect <thing> to <target>`" in procedure and "`focus on <target>`" in procedure, procedure
+    assert "battery anode" not in procedure.split("How the task's wording")[0]  # no run's objects in the steps
+    # ... and the concrete runs are kept as examples in references/
     expert = next(e for e in eps if e.success)
-    lean = " -> ".join(f"`{s.action}`" for s in sorted(expert.steps, key=lambda s: s.idx))
-    assert lean in body  # the success analyst's lean path of a gold trajectory is the trajectory itself
+    examples = v.pack.files["references/examples.md"]
+    assert all(f"`{s.action}`" in examples for s in expert.steps)
     assert "## Pitfalls\n- " in body  # the error analyst found something in the SmolLM2 episodes
     import tempfile
     from pathlib import Path
@@ -63,7 +68,8 @@ def test_trace2skill_builds_a_valid_versioned_pack_from_real_trajectories(traj_s
     failures = [e for e in eps if not e.success]
     deeper = distill(traj_store, failures[:1], name="power-component", analyst=TraceAnalyst(), mode="deepen")
     assert (deeper.version.version, deeper.version.parent_id) == (2, v.id)  # provenance metadata changed
-    assert deeper.version.pack.metadata["trajectories"] == "1" and deeper.version.pack.body.count(lean) == 1
+    assert deeper.version.pack.metadata["trajectories"] == "1"
+    assert deeper.version.pack.body.count("`connect <thing> to <target>`") == body.count("`connect <thing> to <target>`")
 
 
 def test_llm_analysts_patches_are_parsed_merged_and_applied(traj_store):

@@ -35,6 +35,7 @@ from agentdistill.models import ChatModel
 from agentdistill.skills import library
 from agentdistill.skills.pack import SkillPack, check_name
 from agentdistill.skills.trace2skill import rejected, short_text
+from agentdistill.skills.workflow import Trajectory, induce, render
 from agentdistill.store.models import Episode
 from agentdistill.store.store import Store
 
@@ -382,17 +383,17 @@ def distill_spark(store: Store, outcomes: list[TaskOutcome], name: str, run_id: 
                                                 max_tokens=1200))
         if c.text.strip().startswith("# ") and "## Procedure" in c.text:
             body = c.text.strip()
-    if body is None:  # compile the evidence directly
-        first = wins[0]
-        procedure = "\n".join(f"{i}. `{c}`" for i, c in enumerate(first.attempts[-1].commands.splitlines(), 1))
+    if body is None:  # compile the evidence directly: the verified runs' common procedure, with placeholders
+        goals = {e.id: e.task.goal or e.task.name for e in store.episodes(ids=[o.attempts[-1].episode_id for o in wins])}
+        runs = [Trajectory(o.task.name, goals.get(o.attempts[-1].episode_id, o.task.name),
+                           o.attempts[-1].commands.splitlines(), []) for o in wins]
         pitfalls = sorted({line for o in outcomes for line in memo_section(o.memo, "Current Error Pattern").splitlines()
                            if line.startswith("- ")})
         body = (f"# {name.replace('-', ' ').capitalize()}\n\n{description}\n\n## When to use\n"
                 + "\n".join(sorted({f"- {o.task.name} tasks in {env}." for o in wins}))
-                + f"\n\n## Procedure\nA run that passed ({first.task.name}, variation {first.task.variation}); "
-                  "adapt object names to your task:\n" + procedure
+                + "\n\n## Procedure\nInduced from the runs that passed verification:\n\n" + render(induce(runs))
                 + "\n\n## Pitfalls\n" + ("\n".join(pitfalls) if pitfalls else "- None recorded before success.")
-                + "\n\nThe evidence behind this skill is in references/evidence.md.")
+                + "\n\nThe evidence behind this skill (each passing run's commands) is in references/evidence.md.")
     pdi = mean_pdi(outcomes)
     pack = SkillPack.new(name, description, body, {
         "distiller": "spark", "source-runs": run_id, "pdi": "n/a" if pdi is None else f"{pdi:.4f}",

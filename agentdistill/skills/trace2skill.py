@@ -26,6 +26,7 @@ from agentdistill.models import ChatModel
 from agentdistill.skills import library
 from agentdistill.skills.edits import Op, apply_patch, merge_patches
 from agentdistill.skills.pack import SkillPack, check_name
+from agentdistill.skills.workflow import Trajectory, frame, induce, render, render_examples
 from agentdistill.store.models import Episode
 from agentdistill.store.store import Store
 
@@ -92,26 +93,49 @@ class TraceAnalyst:
         return (st.info or {}).get("matched_admissible") is False
 
     def _success(self, ep, steps) -> list[dict[str, Any]]:
-        lean, seen_look = [], False
-        for st in steps:
-            if self._invalid(st):
-                continue
-            if st.action in ("look around", "look") and seen_look:
-                continue
-            seen_look = seen_look or st.action in ("look around", "look")
-            lean.append(st.action)
-        ops = [{"op": "append_to_section", "section": "Procedure",
-                "text": f"- \"{goal_line(ep)}\" was solved in {len(lean)} actions: "
-                        + " -> ".join(f"`{a}`" for a in lean)}]
+        """What made progress, as frames (`take <thing> from <container>`) so the lesson transfers to
+        variations with other objects. The procedure itself is induced across all successes at once
+        (`induction_ops`), and this run becomes an example in references/."""
         prev, gains = 0.0, []
         for st in steps:
             score = (st.info or {}).get("score")
             if isinstance(score, (int, float)) and score > prev:
-                gains.append(f"`{st.action}` (score {prev:g} -> {score:g})")
+                gains.append(f"`{frame(st.action).template}`")
                 prev = score
-        if gains:
-            ops.append({"op": "append_to_section", "section": "Lessons from successes",
-                        "text": "- Progress came from: " + ", ".join(gains[:8]) + "."})
+        if not gains:
+            return []
+        return [{"op": "append_to_section", "section": "Lessons from successes",
+                 "text": "- Progress came from: " + ", ".join(dict.fromkeys(gains[:8])) + "."}]
+
+    @staticmethod
+    def induction_ops(episodes: list[Episode], snapshot: SkillPack) -> list[dict[str, Any]]:
+        """Cross-trajectory step of the offline analyst: the common procedure of the successful runs
+        with placeholders (skills/workflow.py) as the Procedure section, the runs as references/examples.md.
+        Deepening re-induces them from the new evidence; the same evidence changes nothing."""
+        wins = [ep for ep in episodes if ep.success]
+        trajectories = []
+        for ep in wins:
+            steps = [st for st in sorted(ep.steps, key=lambda s: s.idx) if not TraceAnalyst._invalid(st)]
+            trajectories.append(Trajectory(ep.task.name, ep.task.goal or ep.task.name, [st.action for st in steps],
+                                           [st.observation for st in steps]))
+        body = render(induce(trajectories))
+        if not body:
+            return []
+        ops: list[dict[str, Any]] = []
+        current = re.search(r"^## Procedure\n(.*?)(?=^## |\Z)", snapshot.body, re.S | re.M)
+        current_text = current.group(1).strip() if current else ""
+        if not current:
+            ops.append({"op": "add_section", "section": "Procedure", "text": body, "after": "When to use"})
+        elif not current_text:
+            ops.append({"op": "append_to_section", "section": "Procedure", "text": body})
+        elif current_text != body.strip():
+            ops.append({"op": "replace_in_section", "section": "Procedure", "old": current_text, "new": body})
+        examples = render_examples(trajectories)
+        old = snapshot.files.get("references/examples.md")
+        if old is not None and old.strip() != examples.strip():
+            ops.append({"op": "delete_file", "file": "references/examples.md"})
+        if old is None or old.strip() != examples.strip():
+            ops.append({"op": "create", "file": "references/examples.md", "text": examples})
         return ops
 
     def _error(self, ep, steps) -> list[dict[str, Any]]:
@@ -252,7 +276,10 @@ def distill(store: Store, episodes: list[Episode], *, name: str, analyst, descri
         proposed += len(ops)
         patches.append(ops)
     merged = merge_patches(patches)
-    pack, skipped = apply_patch(snapshot, merged.ops)
+    ops = list(merged.ops)
+    if isinstance(analyst, TraceAnalyst):  # an LLM analyst writes procedures itself; the offline one induces them
+        ops += [Op.parse(d, source=len(episodes)) for d in TraceAnalyst.induction_ops(episodes, snapshot)]
+    pack, skipped = apply_patch(snapshot, ops)
     runs = sorted({e.run_id for e in episodes})
     pack = pack.with_metadata(**{
         "distiller": "trace2skill", "analyst": analyst.id, "source-runs": ",".join(runs),
