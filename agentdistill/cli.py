@@ -15,6 +15,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from agentdistill.errors import AgentDistillError
@@ -30,8 +31,9 @@ class _App(typer.Typer):
         try:
             return super().__call__(*args, **kwargs)
         except AgentDistillError as e:
-            err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-            sys.exit(2)
+            # the message is text, never markup: "[teacher]" in it must print as written
+            err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+            sys.exit(getattr(e, "exit_code", 2))
 
 
 app = _App(no_args_is_help=True, pretty_exceptions_enable=False, help="Distill what strong agents do into things cheap agents can use.")
@@ -126,14 +128,24 @@ def run(
             raise AgentDistillError("--from and --only are for pipeline recipes (with collect/distill/eval stages)")
         run_id = resume_run(store, stored.id, progress=progress)
     else:
+        from agentdistill.agents.rollout import open_env
+
         parsed = load_recipe(recipe)  # a bad recipe fails before the database is touched
-        store = _store(db)
         if parsed.is_pipeline:
-            _run_pipeline(store, parsed, None, start_from, only, progress)
+            from agentdistill.pipeline import preflight
+
+            preflight(parsed)  # ... and so do unknown splits, tasks and env options
+            _run_pipeline(_store(db), parsed, None, start_from, only, progress)
             return
         if start_from or only:
             raise AgentDistillError("--from and --only are for pipeline recipes (with collect/distill/eval stages)")
-        run_id = run_recipe(store, parsed, progress=progress)
+        env = open_env(parsed)
+        try:
+            store = _store(db)
+        except BaseException:
+            env.close()
+            raise
+        run_id = run_recipe(store, parsed, progress=progress, env=env)
     _print_summary(store, run_id)
     console.print(f"stored in {store.engine.url.render_as_string(hide_password=True)}")
 
@@ -217,8 +229,15 @@ def collect(
         },
         "collect options",
     )
-    store = _store(db)
-    _print_summary(store, run_recipe(store, recipe))
+    from agentdistill.agents.rollout import open_env
+
+    env = open_env(recipe)  # unknown env, split or task: one line, nothing written
+    try:
+        store = _store(db)
+    except BaseException:
+        env.close()
+        raise
+    _print_summary(store, run_recipe(store, recipe, env=env))
 
 
 @runs_app.command("list")

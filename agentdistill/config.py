@@ -99,6 +99,9 @@ class RunnerSpec(_Strict):
     concurrency: int = Field(2, ge=1, le=256)
     max_steps: int = Field(30, ge=1)
     seeds: list[int] = [0]
+    max_attempts: int = Field(2, ge=1, le=10)  # an errored episode is retried up to this many attempts in all
+    # the run fails (exit code 1) when more than this share of its episodes still end in error
+    fail_on_error: float = Field(0.0, ge=0, le=1)
 
 
 # ---- pipeline stages (collect -> distill -> eval -> report) ----------------------------------------

@@ -15,3 +15,9 @@ class EnvNotReady(AgentDistillError):
 
 class ModelError(AgentDistillError):
     """A model backend failed in a way retrying will not fix."""
+
+
+class RunFailed(AgentDistillError):
+    """A run finished, but more of its episodes ended in error than its recipe tolerates."""
+
+    exit_code = 1

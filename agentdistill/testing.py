@@ -61,10 +61,12 @@ class LocalServer:
 
 class OpenAIStub(LocalServer):
     def __init__(self, reply: str | Callable[[dict[str, Any]], str] = "Action: look around", latency: float = 0.0,
-                 failures: list[int] | None = None):
+                 failures: list[int | str | dict] | None = None):
+        """`failures`: what to answer the first requests with, in order, before succeeding: an HTTP status,
+        "empty" (200 with no choices), or {"status": 429, "headers": {"Retry-After": "2"}, "json": {...}}."""
         self.reply = reply
         self.latency = latency
-        self.failures = list(failures or [])  # HTTP statuses to answer with, in order, before succeeding
+        self.failures = list(failures or [])
         self.seen: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         stub = self
@@ -73,10 +75,22 @@ class OpenAIStub(LocalServer):
             def do_POST(self):  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with stub._lock:
-                    stub.seen.append({"auth": self.headers.get("Authorization"), "body": body})
-                    status = stub.failures.pop(0) if stub.failures else 200
+                    stub.seen.append({"auth": self.headers.get("Authorization"), "body": body, "t": time.time()})
+                    fault = stub.failures.pop(0) if stub.failures else 200
                 time.sleep(stub.latency)
-                self.send(status, stub._payload(status, body))
+                if fault == "empty":
+                    self.send(200, {**stub._payload(200, body), "choices": []})
+                elif isinstance(fault, dict):
+                    status = fault.get("status", 200)
+                    data = json.dumps(fault.get("json") or stub._payload(status, body)).encode()
+                    self.send_response(status)
+                    for k, v in {"Content-Type": "application/json", **fault.get("headers", {})}.items():
+                        self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                else:
+                    self.send(fault, stub._payload(fault, body))
 
             def do_GET(self):  # noqa: N802  (/v1/models, used as a health check)
                 self.send(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})

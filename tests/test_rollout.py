@@ -58,23 +58,35 @@ def test_smollm2_student_episode_stored_with_model_calls_and_tokens(tmp_path):
     assert ep.prompt_tokens == sum(s.prompt_tokens for s in ep.steps)
 
 
-def test_failing_model_is_recorded_as_error_and_the_run_goes_on(tmp_path):
+def test_failing_model_is_retried_recorded_as_error_and_the_run_goes_on(tmp_path):
     store = Store.open(str(tmp_path / "s.db"))
     dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens here
-    recipe = parse_recipe(
-        {
-            "env": {"tasks": ["lifespan-longest-lived"], "variations": 2},
-            "teacher": {"policy": "expert"},
-            "student": {"model": "openai/ghost", "api_base": dead, "max_retries": 1},
-            "runner": {"max_steps": 10},
-        }
-    )
-    run_id = run_recipe(store, recipe, progress=False)
+    spec = {
+        "env": {"tasks": ["lifespan-longest-lived"], "variations": 2},
+        "teacher": {"policy": "expert"},
+        "student": {"model": "openai/ghost", "api_base": dead, "max_retries": 1},
+        "runner": {"max_steps": 10, "max_attempts": 2, "fail_on_error": 0.5},
+    }
+    run_id = run_recipe(store, parse_recipe(spec), progress=False)
     eps = store.episodes(run_id=run_id)
     assert [e.status for e in eps if e.role == "teacher"] == ["done", "done"]
     students = [e for e in eps if e.role == "student"]
-    assert [e.status for e in students] == ["error", "error"] and all("ghost" in e.error for e in students)
-    assert store.get_run(run_id).status == "done"
+    assert [(e.status, e.attempt) for e in students] == [("error", 1), ("error", 1)]
+    assert all("ghost" in e.error for e in students)
+    # every attempt is kept, not only the last
+    every = [e for e in store.episodes(run_id=run_id, attempts="all") if e.role == "student"]
+    assert sorted((e.plan_index, e.attempt) for e in every) == [(2, 0), (2, 1), (3, 0), (3, 1)]
+    assert store.get_run(run_id).status == "done"  # 2 of 4 failed: not above fail_on_error = 0.5
+
+    # the default tolerates no failed episode: the run is marked error and says so in one line
+    from agentdistill.errors import RunFailed
+
+    spec["runner"] = {"max_steps": 10, "max_attempts": 1}
+    with pytest.raises(RunFailed) as e:
+        run_recipe(store, parse_recipe(spec), progress=False)
+    assert "2 of 4 episodes ended in error" in str(e.value) and "\n" not in str(e.value)
+    (run,) = [r["run"] for r in store.list_runs() if r["run"].id != run_id]
+    assert run.status == "error"
 
 
 def _count(db: str) -> dict[str, int]:

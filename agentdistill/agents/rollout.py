@@ -12,7 +12,8 @@ from agentdistill.distill.icd import DemoIndex, Retrieval
 from agentdistill.agents.runner import EnvPool, EpisodeSpec, Runner, make_plan
 from agentdistill.config import PolicySpec, Recipe, parse_recipe
 from agentdistill.envs import Env, Task, make
-from agentdistill.errors import AgentDistillError
+from agentdistill.errors import AgentDistillError, EnvNotReady, RunFailed
+from agentdistill.models.litellm_backend import redact
 from agentdistill.models import make_model
 from agentdistill.models.cost import Price
 from agentdistill.store.store import Store
@@ -101,40 +102,78 @@ def plan_for(env: Env, recipe: Recipe) -> list[EpisodeSpec]:
     return make_plan(list(recipe.roles()), select_tasks(env, recipe), recipe.runner.seeds)
 
 
+def open_env(recipe: Recipe) -> Env:
+    """Start the recipe's environment and check that its split and tasks exist: one line on any problem,
+    before anything is written to the store."""
+    env = start_env(recipe.env.name, recipe.env.options)
+    try:
+        select_tasks(env, recipe)
+    except BaseException:
+        env.close()
+        raise
+    return env
+
+
+def start_env(name: str, options: dict) -> Env:
+    try:
+        return make(name, **options)
+    except AgentDistillError:
+        raise
+    except Exception as e:  # a JVM that died while starting, a browser that would not launch, ...
+        raise EnvNotReady(redact(f"environment {name!r} failed to start: {type(e).__name__}: {e}")[:500]) from None
+
+
 def run_recipe(store: Store, recipe: Recipe, *, progress: bool = True, kind: str = "rollout",
-               on_start: Callable[[str], None] | None = None) -> str:
+               on_start: Callable[[str], None] | None = None, env: Env | None = None) -> str:
     """Start a new run for the recipe and execute it; returns the run id. `on_start(run_id)` is called
-    once the run exists, before any episode (a pipeline records it so the run can be resumed)."""
-    # fail before creating a run
-    policies = {role: build_policy(spec, store, recipe.env.name) for role, spec in recipe.roles().items()}
-    run_id = store.create_run(recipe.name, recipe.model_dump(mode="json"), kind=kind)
-    if on_start:
-        on_start(run_id)
-    _execute(store, run_id, recipe, policies, progress)
+    once the run exists, before any episode (a pipeline records it so the run can be resumed). `env`:
+    an instance from `open_env`, already checked (else one is started here)."""
+    env = env or open_env(recipe)  # fail before creating a run
+    try:
+        policies = {role: build_policy(spec, store, recipe.env.name) for role, spec in recipe.roles().items()}
+        run_id = store.create_run(recipe.name, recipe.model_dump(mode="json"), kind=kind)
+        if on_start:
+            on_start(run_id)
+    except BaseException:
+        env.close()
+        raise
+    _execute(store, run_id, recipe, policies, progress, env)
     return run_id
 
 
 def resume_run(store: Store, run_id: str, *, progress: bool = True) -> str:
-    """Finish a crashed or interrupted run without duplicating its finished episodes."""
+    """Finish a crashed or interrupted run without duplicating its finished episodes (errored episodes
+    with attempts left are retried)."""
     run = store.get_run(run_id)
     recipe = parse_recipe(run.recipe, f"recipe stored with run {run.id}")
-    policies = {role: build_policy(spec, store, recipe.env.name) for role, spec in recipe.roles().items()}
+    env = open_env(recipe)
+    try:
+        policies = {role: build_policy(spec, store, recipe.env.name) for role, spec in recipe.roles().items()}
+    except BaseException:
+        env.close()
+        raise
     store.set_run_status(run.id, "running")
-    _execute(store, run.id, recipe, policies, progress)
+    _execute(store, run.id, recipe, policies, progress, env)
     return run.id
 
 
-def _execute(store: Store, run_id: str, recipe: Recipe, policies: dict[str, Policy], progress: bool) -> None:
-    first = make(recipe.env.name, **recipe.env.options)
-    pool = EnvPool(lambda: make(recipe.env.name, **recipe.env.options), recipe.runner.concurrency, first)
+def _execute(store: Store, run_id: str, recipe: Recipe, policies: dict[str, Policy], progress: bool,
+             first: Env) -> None:
+    pool = EnvPool(lambda: start_env(recipe.env.name, recipe.env.options), recipe.runner.concurrency, first)
     try:
         plan = plan_for(first, recipe)
         max_steps = {role: spec.max_steps or recipe.runner.max_steps for role, spec in recipe.roles().items()}
-        runner = Runner(store, run_id, policies, max_steps)
+        runner = Runner(store, run_id, policies, max_steps, recipe.runner.max_attempts)
         asyncio.run(runner.run(plan, pool, recipe.runner.concurrency, progress=progress))
-        store.set_run_status(run_id, "done")
     except BaseException:
         store.set_run_status(run_id, "error")
         raise
     finally:
         pool.close()
+    failed = sum(e.status == "error" for e in store.episodes(run_id=run_id, with_calls=False))
+    if failed / max(len(plan), 1) > recipe.runner.fail_on_error:
+        store.set_run_status(run_id, "error")
+        raise RunFailed(f"run {run_id}: {failed} of {len(plan)} episodes ended in error after up to "
+                        f"{recipe.runner.max_attempts} attempt(s), above runner.fail_on_error = "
+                        f"{recipe.runner.fail_on_error:g}: see `agentdistill runs show {run_id} --episodes`")
+    store.set_run_status(run_id, "done")

@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from agentdistill.agents.policies import EpisodeContext, EpisodeOver, Policy, Turn
 from agentdistill.envs.base import Env, Task
+from agentdistill.errors import ModelError
 from agentdistill.models.litellm_backend import redact
 from agentdistill.store.store import StepRecord, Store
 
@@ -42,7 +43,9 @@ def make_plan(roles: list[str], tasks: list[Task], seeds: list[int]) -> list[Epi
 
 
 class EnvPool:
-    """Up to `size` env instances, created lazily in worker threads; a failed env is replaced."""
+    """Up to `size` env instances, created lazily in worker threads. An instance that failed in any way
+    (start, reset, step, admissible actions, close) is retired and its slot starts a fresh one, so a dead
+    env (a killed JVM, a crashed browser) costs only the episode that was using it."""
 
     def __init__(self, factory: Callable[[], Env], size: int, first: Env | None = None):
         self.factory = factory
@@ -54,37 +57,55 @@ class EnvPool:
     async def acquire(self) -> Env:
         env = await self._free.get()
         if env is None:
-            env = await asyncio.to_thread(self.factory)
+            try:
+                env = await asyncio.to_thread(self.factory)
+            except BaseException:
+                self._free.put_nowait(None)  # the slot stays usable: the next episode starts a new instance
+                raise
             self._all.append(env)
         return env
 
     def release(self, env: Env, broken: bool = False) -> None:
         if broken:
             self._all.remove(env)
-            env.close()
+            _close_quietly(env)
             self._free.put_nowait(None)
         else:
             self._free.put_nowait(env)
 
     def close(self) -> None:
         for env in self._all:
-            env.close()
+            _close_quietly(env)
         self._all.clear()
 
 
+def _close_quietly(env: Env) -> None:
+    try:
+        env.close()
+    except Exception as e:  # a dead env may fail to close: it is being discarded anyway
+        log.debug("closing a retired env failed: %s", e)
+
+
 class Runner:
-    def __init__(self, store: Store, run_id: str, policies: dict[str, Policy], max_steps: dict[str, int]):
+    def __init__(self, store: Store, run_id: str, policies: dict[str, Policy], max_steps: dict[str, int],
+                 max_attempts: int = 1):
         self.store = store
         self.run_id = run_id
         self.policies = policies
         self.max_steps = max_steps  # per role
+        self.max_attempts = max_attempts
+
+    def _pending(self, prior) -> bool:
+        """Does this plan entry still need work: never started, interrupted, or errored with attempts left?"""
+        return prior is None or prior.status == "running" or (
+            prior.status == "error" and prior.attempt + 1 < self.max_attempts)
 
     async def run(self, plan: list[EpisodeSpec], pool: EnvPool, concurrency: int, progress: bool = True) -> None:
         # env calls and local-model calls run in worker threads: one per concurrent episode, or the
         # default pool (cores + 4) would quietly cap concurrency
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=concurrency + 4))
         existing = self.store.episodes_by_plan(self.run_id)
-        todo = [s for s in plan if s.plan_index not in existing or existing[s.plan_index].status == "running"]
+        todo = [s for s in plan if self._pending(existing.get(s.plan_index))]
         sem = asyncio.Semaphore(concurrency)
         with Progress(
             TextColumn("[bold]{task.description}"),
@@ -98,15 +119,24 @@ class Runner:
             async def one(spec: EpisodeSpec) -> None:
                 async with sem:
                     prior = existing.get(spec.plan_index)
-                    await self._episode(spec, pool, prior.id if prior else None)
+                    attempt = prior.attempt if prior else 0
+                    episode_id = prior.id if prior is not None and prior.status == "running" else None
+                    if prior is not None and prior.status == "error":
+                        attempt += 1  # a retry of an attempt that errored before (e.g. before a crash)
+                    while True:
+                        status = await self._episode(spec, pool, episode_id, attempt)
+                        if status != "error" or attempt + 1 >= self.max_attempts:
+                            break
+                        attempt, episode_id = attempt + 1, None  # the errored attempt stays as it is
                     bar.advance(job)
 
             await asyncio.gather(*(one(s) for s in todo))
 
-    async def _episode(self, spec: EpisodeSpec, pool: EnvPool, episode_id: int | None) -> None:
+    async def _episode(self, spec: EpisodeSpec, pool: EnvPool, episode_id: int | None, attempt: int = 0) -> str:
+        """Play one attempt of a plan entry; returns its final status (done or error)."""
         policy = self.policies[spec.role]
-        env = await pool.acquire()
         broken = False
+        env = None
         t0 = time.perf_counter()
         task = spec.task
         if episode_id is None:
@@ -114,6 +144,7 @@ class Runner:
                 self.run_id,
                 spec.plan_index,
                 self.store.task_id(task.env, task.name, task.variation, task.split),
+                attempt=attempt,
                 role=spec.role,
                 policy_id=policy.id,
                 model=policy.model_id,
@@ -123,6 +154,7 @@ class Runner:
             )
         last_info: dict[str, Any] = {}
         try:
+            env = await pool.acquire()
             obs = await asyncio.to_thread(env.reset, task, spec.seed)
             self.store.task_id(task.env, task.name, task.variation, task.split, goal=obs.goal)
             history, current, done, last_info = await self._replay(env, task, spec.seed, episode_id, obs.text)
@@ -133,11 +165,7 @@ class Runner:
                     decision = await policy.act(ctx)
                 except EpisodeOver:
                     break
-                try:
-                    result = await asyncio.to_thread(env.step, decision.action)
-                except Exception:
-                    broken = True
-                    raise
+                result = await asyncio.to_thread(env.step, decision.action)
                 self.store.add_step(
                     episode_id,
                     StepRecord(
@@ -167,8 +195,13 @@ class Runner:
                 score=last_info.get("score"),
                 wall_time=time.perf_counter() - t0,
             )
+            return "done"
         except Exception as e:  # recorded, and the run goes on
-            log.warning("episode %s (%s) failed: %s", spec.plan_index, task.key, e)
+            # a model error leaves the env healthy; anything else may have come from the env (a dead JVM
+            # fails in reset, step, admissible_actions or the expert): retire it rather than reuse it
+            broken = not isinstance(e, ModelError)
+            log.warning("episode %s (%s) attempt %d failed: %s", spec.plan_index, task.key, attempt + 1,
+                        redact(str(e))[:300])
             self.store.finish_episode(
                 episode_id,
                 status="error",
@@ -176,8 +209,10 @@ class Runner:
                 error=redact(f"{type(e).__name__}: {e}")[:4000],
                 wall_time=time.perf_counter() - t0,
             )
+            return "error"
         finally:
-            pool.release(env, broken=broken)
+            if env is not None:
+                pool.release(env, broken=broken)
 
     async def _replay(self, env: Env, task: Task, seed: int, episode_id: int, first_obs: str):
         """Bring an interrupted episode's env back to its last stored step.

@@ -39,7 +39,7 @@ def is_retryable(exc: BaseException) -> bool:
         litellm.exceptions.InternalServerError,
         litellm.exceptions.ServiceUnavailableError,
     )
-    if isinstance(exc, transient):
+    if isinstance(exc, transient) or isinstance(exc, EmptyResponse):
         return True
     return getattr(exc, "status_code", None) in RETRYABLE_STATUS
 
@@ -115,7 +115,12 @@ class LiteLLMModel(ChatModel):
             for c in choices
         ]
 
-    def _delay(self, attempt: int) -> float:
+    def _delay(self, attempt: int, exc: Exception | None = None) -> float:
+        """Exponential backoff with jitter; a server's Retry-After (seconds or an HTTP date) wins, bounded
+        by backoff_max so a hostile or confused server cannot park the run."""
+        after = _retry_after(exc) if exc is not None else None
+        if after is not None:
+            return min(self.backoff_max, max(0.0, after))
         return min(self.backoff_max, self.backoff_base * 2**attempt) * (0.5 + random.random() / 2)
 
     def _backoff_or_raise(self, exc: Exception, attempt: int) -> float:
@@ -125,35 +130,71 @@ class LiteLLMModel(ChatModel):
             what = f"HTTP {status}" if status else type(exc).__name__
             raise ModelError(redact(f"model {self.id} failed after {attempt + 1} attempt(s) ({what}): {exc}")) from None
         log.warning("model %s: %s, retrying", self.id, type(exc).__name__)
-        return self._delay(attempt)
+        return self._delay(attempt, exc)
+
+    def _usable(self, resp: Any, latency: float) -> list[Completion]:
+        """The response's completions; a response without any (no choices, no message) is a failed
+        attempt like a 5xx, or the caller would ask again and again without backing off."""
+        choices = getattr(resp, "choices", None) or []
+        if not choices or all(getattr(c, "message", None) is None for c in choices):
+            raise EmptyResponse(f"the server answered without a completion ({len(choices)} choices)")
+        return self._parse(resp, latency)
 
     def complete(self, messages: list[Message], n=1, temperature=0.0, max_tokens=256, stop=None):
         import litellm
 
         out: list[Completion] = []
+        attempt = 0
         while len(out) < n:  # servers that ignore n return fewer choices: ask again for the rest
-            for attempt in range(self.max_retries + 1):
-                t0 = time.perf_counter()
-                try:
-                    resp = litellm.completion(**self._kwargs(messages, n - len(out), temperature, max_tokens, stop))
-                    break
-                except Exception as e:
-                    time.sleep(self._backoff_or_raise(e, attempt))
-            out += self._parse(resp, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            try:
+                resp = litellm.completion(**self._kwargs(messages, n - len(out), temperature, max_tokens, stop))
+                out += self._usable(resp, time.perf_counter() - t0)
+            except ModelError:
+                raise
+            except Exception as e:
+                time.sleep(self._backoff_or_raise(e, attempt))
+                attempt += 1
         return out[:n]
 
     async def acomplete(self, messages: list[Message], n=1, temperature=0.0, max_tokens=256, stop=None):
         import litellm
 
         out: list[Completion] = []
+        attempt = 0
         while len(out) < n:
-            for attempt in range(self.max_retries + 1):
-                t0 = time.perf_counter()
-                try:
-                    kw = self._kwargs(messages, n - len(out), temperature, max_tokens, stop)
-                    resp = await litellm.acompletion(**kw)
-                    break
-                except Exception as e:
-                    await asyncio.sleep(self._backoff_or_raise(e, attempt))
-            out += self._parse(resp, time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            try:
+                resp = await litellm.acompletion(**self._kwargs(messages, n - len(out), temperature, max_tokens, stop))
+                out += self._usable(resp, time.perf_counter() - t0)
+            except ModelError:
+                raise
+            except Exception as e:
+                await asyncio.sleep(self._backoff_or_raise(e, attempt))
+                attempt += 1
         return out[:n]
+
+
+class EmptyResponse(Exception):
+    """A 200 answer without a usable completion: retried like a server error."""
+
+
+def _retry_after(exc: Exception) -> float | None:
+    """Seconds from a Retry-After header on the failed response, if any."""
+    response = getattr(exc, "response", None)
+    headers = getattr(response, "headers", None) or getattr(exc, "headers", None) or {}
+    try:
+        value = headers.get("retry-after") or headers.get("Retry-After")
+    except AttributeError:
+        return None
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return (parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None

@@ -103,6 +103,22 @@ def select(stages: list[StageDef], pattern: str, option: str) -> list[int]:
     return found
 
 
+def preflight(recipe: Recipe) -> None:
+    """Start the environment and check every split and task the recipe names (collect and eval): one
+    line on a problem, before the store is opened or anything is written."""
+    from agentdistill.agents.rollout import first_variations, start_env
+
+    env = start_env(recipe.env.name, recipe.env.options)
+    try:
+        if recipe.collect is not None:
+            first_variations(env, recipe.collect.split, recipe.collect.tasks or recipe.env.tasks,
+                             recipe.collect.variations)
+        if recipe.eval is not None:
+            first_variations(env, recipe.env.split, recipe.env.tasks, recipe.eval.variations or recipe.env.variations)
+    finally:
+        env.close()
+
+
 def run_pipeline(store: Store, recipe: Recipe, *, run_id: str | None = None, start_from: str | None = None,
                  only: str | None = None, progress: bool = True, say: Callable[[str], None] = print,
                  on_start: Callable[[str], None] | None = None) -> str:

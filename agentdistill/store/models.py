@@ -60,13 +60,15 @@ class Task(Base):
 class Episode(Base):
     __tablename__ = "episodes"
     __table_args__ = (
-        # plan_index is the episode's place in the run's deterministic plan: resume relies on it
-        UniqueConstraint("run_id", "plan_index", name="uq_episode_plan"),
+        # plan_index is the episode's place in the run's deterministic plan: resume relies on it; an
+        # errored episode is retried as the next attempt of the same plan index (every attempt is kept)
+        UniqueConstraint("run_id", "plan_index", "attempt", name="uq_episode_attempt"),
         Index("ix_episodes_run_role", "run_id", "role"),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
     plan_index: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id"))
     role: Mapped[str] = mapped_column(String(16))  # teacher, student
     policy_id: Mapped[str] = mapped_column(String(300))  # "expert", "llm:local/smollm2-135m", ...

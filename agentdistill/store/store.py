@@ -12,12 +12,19 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, case, delete, func, insert, select
-from sqlalchemy.orm import Session, selectinload, sessionmaker
+from sqlalchemy import Engine, case, delete, exists, func, insert, select
+from sqlalchemy.orm import Session, aliased, selectinload, sessionmaker
 
 from agentdistill.errors import AgentDistillError
 from agentdistill.store import db
 from agentdistill.store.models import Base, Episode, ModelCall, Run, Stage, Step, Task, utcnow
+
+
+def latest_attempt():
+    """SQL condition: this episode row is its plan index's last attempt (no later retry exists)."""
+    later = aliased(Episode)
+    return ~exists().where(later.run_id == Episode.run_id, later.plan_index == Episode.plan_index,
+                           later.attempt > Episode.attempt)
 
 
 @dataclass
@@ -120,7 +127,7 @@ class Store:
                     func.count(case((Episode.status == "done", 1))),  # portable: PostgreSQL cannot sum booleans
                     func.count(case((Episode.success.is_(True), 1))),
                 )
-                .outerjoin(Episode)
+                .outerjoin(Episode, (Episode.run_id == Run.id) & latest_attempt())
                 .group_by(Run.id)
                 .order_by(Run.created_at.desc())
                 .limit(limit)
@@ -147,8 +154,9 @@ class Store:
 
     # ---- episodes -------------------------------------------------------------------------------
     def episodes_by_plan(self, run_id: str) -> dict[int, Episode]:
+        """Each plan index's latest attempt."""
         with self.session() as s:
-            eps = s.scalars(select(Episode).where(Episode.run_id == run_id)).all()
+            eps = s.scalars(select(Episode).where(Episode.run_id == run_id).order_by(Episode.attempt)).all()
             return {e.plan_index: e for e in eps}
 
     def start_episode(self, run_id: str, plan_index: int, task_id: int, **fields: Any) -> int:
@@ -237,9 +245,14 @@ class Store:
         with_steps: bool = False,
         ids: list[int] | None = None,
         with_calls: bool = True,
+        attempts: str = "latest",
     ) -> list[Episode]:
+        """Episodes matching the filters; with attempts="latest" (the default) an errored episode that was
+        retried appears once, as its last attempt; attempts="all" gives every attempt."""
         with self.session() as s:
             q = select(Episode).options(selectinload(Episode.task)).order_by(Episode.id)
+            if attempts == "latest":
+                q = q.where(latest_attempt())
             if with_steps:
                 steps = selectinload(Episode.steps)
                 q = q.options(steps.selectinload(Step.calls) if with_calls else steps)
