@@ -181,12 +181,14 @@ class EmptyResponse(Exception):
 
 def _retry_after(exc: Exception) -> float | None:
     """Seconds from a Retry-After header on the failed response, if any."""
-    response = getattr(exc, "response", None)
-    headers = getattr(response, "headers", None) or getattr(exc, "headers", None) or {}
-    try:
-        value = headers.get("retry-after") or headers.get("Retry-After")
-    except AttributeError:
-        return None
+    value = None
+    # litellm keeps the provider's headers on the exception; its `response` is a synthetic one
+    for headers in (getattr(exc, "litellm_response_headers", None), getattr(getattr(exc, "response", None), "headers", None),
+                    getattr(exc, "headers", None)):
+        try:
+            value = value or (headers.get("retry-after") if headers else None)
+        except AttributeError:
+            continue
     if not value:
         return None
     try:
