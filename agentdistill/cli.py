@@ -50,10 +50,12 @@ DbOpt = Annotated[
 ]
 
 
-def _store(db: str | None, migrate_fresh: bool = True):
+def _store(db: str | None, migrate_fresh: bool = True, create: bool = True):
+    """The store; `create=False` for commands that only read or act on what it holds: a missing store is
+    then a one-line error, not a new empty database."""
     from agentdistill.store.store import Store
 
-    return Store.open(db, migrate_fresh=migrate_fresh)
+    return Store.open(db, migrate_fresh=migrate_fresh, create=create)
 
 
 @app.callback()
@@ -246,7 +248,7 @@ def runs_list(db: DbOpt = None, limit: Annotated[int, typer.Option(help="How man
     table = Table()
     for col in ("id", "name", "status", "created", "episodes", "done", "successes"):
         table.add_column(col)
-    for row in _store(db).list_runs(limit):
+    for row in _store(db, create=False).list_runs(limit):
         r = row["run"]
         table.add_row(r.id, r.name, r.status, f"{r.created_at:%Y-%m-%d %H:%M}", str(row["episodes"]), str(row["done"]), str(row["successes"]))
     console.print(table)
@@ -259,7 +261,7 @@ def runs_show(
     db: DbOpt = None,
 ) -> None:
     """Summary of one run per role.  Example: agentdistill runs show 3f2a --episodes"""
-    store = _store(db)
+    store = _store(db, create=False)
     run_id = store.get_run(run_id).id
     _print_summary(store, run_id)
     if episodes:
@@ -285,7 +287,7 @@ def db_upgrade(db: DbOpt = None, revision: Annotated[str, typer.Option(help="Tar
 @db_app.command("stats")
 def db_stats(db: DbOpt = None) -> None:
     """Row counts per table.  Example: agentdistill db stats"""
-    store = _store(db)
+    store = _store(db, create=False)
     table = Table(title=store.engine.url.render_as_string(hide_password=True))
     table.add_column("table")
     table.add_column("rows", justify="right")
@@ -308,7 +310,7 @@ def db_export(
 
     if format not in ("jsonl", "hf"):
         raise AgentDistillError(f"--format {format!r}: use jsonl or hf")
-    store = _store(db)
+    store = _store(db, create=False)
     run_id = store.get_run(run_id).id if run_id else None
     fn = export_jsonl if format == "jsonl" else export_hf
     n = fn(store, out, run_id=run_id, role=role, status=None if status == "any" else status)
@@ -440,7 +442,7 @@ def report_costs(
     from agentdistill.distill.icd import DemoIndex
     from agentdistill.report.costs import break_even, cost_report
 
-    store = _store(db)
+    store = _store(db, create=False)
     spec: dict[str, tuple[str, str]] = {}
     for item in runs:
         label, sep, rest = item.partition("=")
@@ -483,7 +485,7 @@ def report_efficacy(
 
     if format not in ("table", "json", "html"):
         raise AgentDistillError(f"--format {format!r}: use table, json or html")
-    store = _store(db)
+    store = _store(db, create=False)
     run_id = store.get_run(run_id).id
     if format == "table":
         _print_efficacy(store, run_id)
@@ -739,7 +741,7 @@ def skills_list(
 
         for col in ("skill", "version", "distiller", "run", "sha256", "created"):
             table.add_column(col)
-        for v in library.versions(_store(db)):
+        for v in library.versions(_store(db, create=False)):
             table.add_row(v.name, str(v.version), v.distiller or "-", v.run_id or "-", v.sha256[:12],
                           str(v.created_at)[:19])
     console.print(table)
@@ -751,7 +753,7 @@ def skills_show(name: str, version: Annotated[Optional[int], typer.Option(help="
     """A skill version's provenance and SKILL.md."""
     from agentdistill.skills import library
 
-    v = library.get(_store(db), name, version)
+    v = library.get(_store(db, create=False), name, version)
     console.print(f"{v.name} v{v.version} (id {v.id}, parent {v.parent_id or '-'}, distiller {v.distiller or '-'}, "
                   f"run {v.run_id or '-'}, sha256 {v.sha256[:12]}) files: {', '.join(sorted(v.pack.files))}",
                   highlight=False)
@@ -781,7 +783,8 @@ def skills_add(path: Annotated[Path, typer.Argument(help="Skill pack directory t
     from agentdistill.skills import library
     from agentdistill.skills.pack import SkillPack
 
-    v = library.save(_store(db), SkillPack.load(path), distiller="import")
+    pack = SkillPack.load(path)  # a bad pack is refused before the store is opened
+    v = library.save(_store(db), pack, distiller="import")
     console.print(f"{v.name} v{v.version} (sha256 {v.sha256[:12]})")
 
 
@@ -790,7 +793,7 @@ def skills_diff(name: str, a: int, b: int, db: DbOpt = None) -> None:
     """Unified diff between two versions of a skill."""
     from agentdistill.skills import library
 
-    console.print(library.diff(_store(db), name, a, b) or "(identical)", markup=False, highlight=False)
+    console.print(library.diff(_store(db, create=False), name, a, b) or "(identical)", markup=False, highlight=False)
 
 
 @skills_app.command("rollback")
@@ -798,7 +801,7 @@ def skills_rollback(name: str, version: int, db: DbOpt = None) -> None:
     """Make an old version's contents the latest version (history is kept)."""
     from agentdistill.skills import library
 
-    v = library.rollback(_store(db), name, version)
+    v = library.rollback(_store(db, create=False), name, version)
     console.print(f"{v.name} v{v.version} now has the contents of v{version}")
 
 
@@ -814,7 +817,7 @@ def skills_install(
     """Install (or upgrade / roll back) a library skill into agent hosts; never touches unmanaged skills."""
     from agentdistill.skills import hosts, library
 
-    v = library.get(_store(db), name, version)
+    v = library.get(_store(db, create=False), name, version)
     for h in hosts.hosts(host):
         if host == "all" and (h.user if scope == "user" else h.project) is None:
             console.print(f"{h.name}: no {scope}-scope skills directory, skipped")
@@ -980,6 +983,6 @@ def skills_export(name: str, out: Annotated[Path, typer.Argument(help="Parent di
     """Write a library version to disk as a skill pack directory."""
     from agentdistill.skills import library
 
-    v = library.get(_store(db), name, version)
+    v = library.get(_store(db, create=False), name, version)
     path = v.pack.write(out / v.name)
     console.print(f"{v.name} v{v.version} -> {path}", highlight=False)

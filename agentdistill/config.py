@@ -70,10 +70,11 @@ class PolicySpec(_Strict):
         if self.policy == "expert" and self.model:
             raise ValueError('policy "expert" uses the environment\'s own expert: remove model')
         if self.model:
-            from agentdistill.models import check_model_id
+            from agentdistill.models import check_credentials, check_model_id
 
             try:
                 check_model_id(self.model, self.api_base)
+                check_credentials(self.model, self.api_base, self.api_key_env)
             except ConfigError as e:  # pydantic reports ValueErrors with the field's location
                 raise ValueError(str(e)) from None
         return self
@@ -357,7 +358,12 @@ def load_recipe(path: str | Path | None = None) -> Recipe:
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"recipe {p} not found: pass a TOML file (see `agentdistill run --help`)")
-        text, source = p.read_text(), str(p)
+        try:
+            text, source = p.read_text(encoding="utf-8"), str(p)
+        except UnicodeDecodeError:
+            raise ConfigError(f"recipe {p} is not UTF-8 text (is it a binary file?): pass a TOML recipe") from None
+        except OSError as e:
+            raise ConfigError(f"recipe {p} cannot be read ({e.strerror}): check the path and its permissions") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

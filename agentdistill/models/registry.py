@@ -27,13 +27,38 @@ def check_model_id(model_id: str, api_base: str | None = None) -> None:
     litellm.suppress_debug_info = True  # else it prints a provider list on every unknown id
 
     try:
-        litellm.get_llm_provider(model_id, api_base=api_base)
+        name, provider, _, _ = litellm.get_llm_provider(model_id, api_base=api_base)
     except Exception:
         raise ConfigError(
             f"unknown model id {model_id!r}: use <provider>/<model> as litellm names it "
             "(openai/gpt-4.1-mini, anthropic/claude-sonnet-4-5, openai/<name> with api_base for an "
             "OpenAI-compatible server) or local/<name-or-path>"
         ) from None
+    if not name.strip():
+        raise ConfigError(f"model id {model_id!r} names no model: write {provider}/<model>, e.g. openai/gpt-4.1-mini")
+
+
+def check_credentials(model_id: str, api_base: str | None = None, api_key_env: str | None = None) -> None:
+    """Missing credentials are a configuration error, reported before a run starts (not an API error
+    retried for a minute). A server given by api_base may need no key."""
+    if model_id.startswith("local/"):
+        return
+    if api_key_env:
+        if not os.environ.get(api_key_env):
+            raise ConfigError(f"model {model_id}: api_key_env names {api_key_env}, which is not set: export it")
+        return
+    if api_base:
+        return
+    import litellm
+
+    try:
+        env = litellm.validate_environment(model_id)
+    except Exception:  # litellm cannot tell for this provider: let the first request say
+        return
+    if not env.get("keys_in_environment", True):
+        keys = " or ".join(env.get("missing_keys") or ["its API key"])
+        raise ConfigError(f"model {model_id} needs credentials: set {keys} in the environment (or name another "
+                          "variable with api_key_env, or give api_base for your own server)")
 
 
 def make_model(model_id: str, **options: Any) -> ChatModel:

@@ -37,6 +37,27 @@ def resolve_url(db: str | None) -> str:
     return db
 
 
+def check_location(url: str, create: bool = True) -> None:
+    """One line for a SQLite path that cannot hold a store (before SQLite creates anything)."""
+    if not url.startswith("sqlite") or url in ("sqlite://", "sqlite:///:memory:"):
+        return
+    path = Path(make_url(url).database or "")
+    if path.is_dir():
+        raise ConfigError(f"--db {path} is a directory: give a database file path, e.g. {path / DEFAULT_DB}")
+    if not path.parent.is_dir():
+        raise ConfigError(f"--db {path}: its directory {path.parent} does not exist: create it or choose another path")
+    if not create and not path.exists():
+        raise ConfigError(f"no store at {path}: nothing has been recorded there yet (check --db / AGENTDISTILL_DB)")
+
+
+def describe(url: str) -> str:
+    """The URL for messages: never its password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "the database URL"
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})

@@ -8,16 +8,62 @@ from __future__ import annotations
 
 import json
 import uuid
+from pathlib import Path
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, case, delete, exists, func, insert, select
+from sqlalchemy import Engine, case, delete, exists, func, insert, inspect, select
+from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, aliased, selectinload, sessionmaker
 
 from agentdistill.errors import AgentDistillError
 from agentdistill.store import db
 from agentdistill.store.models import Base, Episode, ModelCall, Run, Stage, Step, Task, utcnow
+
+
+def _db_problem(url: str, e: Exception) -> str:
+    detail = str(getattr(e, "orig", e)).strip().splitlines()[0][:200] if str(getattr(e, "orig", e)).strip() else type(e).__name__
+    where = db.describe(url)
+    if url.startswith("sqlite"):
+        return (f"{where} cannot be used as a store ({detail}): it is not an SQLite database or is damaged; "
+                "point --db at another file")
+    return f"cannot use the database at {where} ({detail}): check that the server is running and the URL is right"
+
+
+class _creation_lock:
+    """First creation of a store is serialized across processes: two runs starting on a brand-new
+    database must not both create its tables (SQLite: a file lock beside the database's path in the cache;
+    PostgreSQL: a session advisory lock)."""
+
+    def __init__(self, engine: Engine):
+        self.engine, self._lock, self._conn = engine, None, None
+
+    def __enter__(self):
+        if self.engine.dialect.name == "sqlite" and self.engine.url.database not in (None, "", ":memory:"):
+            import hashlib
+
+            from filelock import FileLock
+
+            from agentdistill.paths import cache_dir
+
+            key = hashlib.sha256(str(Path(self.engine.url.database).resolve()).encode()).hexdigest()[:16]
+            (cache_dir() / "locks").mkdir(exist_ok=True)
+            self._lock = FileLock(str(cache_dir() / "locks" / f"store-{key}.lock"))
+            self._lock.acquire()
+        elif self.engine.dialect.name == "postgresql":
+            self._conn = self.engine.connect()
+            self._conn.exec_driver_sql("SELECT pg_advisory_lock(727274)")  # any fixed key of ours
+        return self
+
+    def __exit__(self, *exc):
+        if self._lock is not None:
+            self._lock.release()
+        if self._conn is not None:
+            try:
+                self._conn.exec_driver_sql("SELECT pg_advisory_unlock(727274)")
+            finally:
+                self._conn.close()
 
 
 def latest_attempt():
@@ -73,15 +119,36 @@ class Store:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
 
     @classmethod
-    def open(cls, url_or_path: str | None = None, *, migrate_fresh: bool = True) -> Store:
+    def open(cls, url_or_path: str | None = None, *, migrate_fresh: bool = True, create: bool = True) -> Store:
         """Open the store. A fresh database is created at the newest schema; an older schema must
         be upgraded explicitly (`agentdistill db upgrade`), so production databases never migrate
-        behind the user's back."""
-        engine = db.make_engine(db.resolve_url(url_or_path))
-        current, head = db.current_revision(engine), db.head_revision()
-        if current is None and migrate_fresh:
-            db.upgrade(engine)
-        elif current != head:
+        behind the user's back. `create=False`: a missing SQLite file is an error, not a new store.
+        Every problem is one line: a directory or missing folder, a file that is not a database, a
+        server that does not answer, a database that holds someone else's tables."""
+        url = db.resolve_url(url_or_path)
+        db.check_location(url, create)
+        engine = db.make_engine(url)
+        try:
+            with _creation_lock(engine):
+                current, head = db.current_revision(engine), db.head_revision()
+                if current is None:
+                    foreign = sorted(set(inspect(engine).get_table_names()) - {"alembic_version"})
+                    if foreign:
+                        raise AgentDistillError(
+                            f"{db.describe(url)} already holds tables that are not agentdistill's "
+                            f"({', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}): point --db at an "
+                            "empty database or an agentdistill store")
+                    if migrate_fresh:
+                        db.upgrade(engine)
+                        current = head
+        except (OperationalError, DatabaseError) as e:
+            engine.dispose()
+            raise AgentDistillError(_db_problem(url, e)) from None
+        except BaseException:
+            engine.dispose()
+            raise
+        if current != head:
+            engine.dispose()
             raise AgentDistillError(
                 f"store schema is at revision {current}, this agentdistill needs {head}: "
                 "run `agentdistill db upgrade` (back up the database first)"
