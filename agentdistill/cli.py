@@ -817,27 +817,31 @@ def skills_install(
     """Install (or upgrade / roll back) a library skill into agent hosts; never touches unmanaged skills."""
     from agentdistill.skills import hosts, library
 
-    v = library.get(_store(db, create=False), name, version)
+    store = _store(db, create=False)
+    v = library.get(store, name, version)
+    known = lambda n, sha: library.has(store, n, sha)  # noqa: E731  (markers are verified against the store)
     for h in hosts.hosts(host):
         if host == "all" and (h.user if scope == "user" else h.project) is None:
             console.print(f"{h.name}: no {scope}-scope skills directory, skipped")
             continue
-        path = hosts.install(v.pack, h, scope, version=v.version, project=project)
+        path = hosts.install(v.pack, h, scope, version=v.version, project=project, known=known)
         console.print(f"{h.name}: {name} v{v.version} -> {path}", highlight=False)
 
 
 @skills_app.command("uninstall")
 def skills_uninstall(name: str, host: HostOpt = "claude-code", scope: ScopeOpt = "project",
-                     project: ProjectOpt = None) -> None:
+                     project: ProjectOpt = None, db: DbOpt = None) -> None:
     """Remove a skill agentdistill installed (and the directories its install created)."""
-    from agentdistill.skills import hosts
+    from agentdistill.skills import hosts, library
 
+    store = _store(db, create=False)
+    known = lambda n, sha: library.has(store, n, sha)  # noqa: E731  (markers are verified against the store)
     for h in hosts.hosts(host):
         if host == "all":
             base = (h.user if scope == "user" else h.project)
             if base is None or not (hosts.skills_dir(h, scope, project) / name).exists():
                 continue
-        console.print(f"{h.name}: removed {hosts.uninstall(name, h, scope, project=project)}", highlight=False)
+        console.print(f"{h.name}: removed {hosts.uninstall(name, h, scope, project=project, known=known)}", highlight=False)
 
 
 @app.command("eval")

@@ -219,6 +219,8 @@ def apply_op(pack: SkillPack, op: Op) -> SkillPack:
     if op.file not in files:
         raise ConfigError(f"{op.op}: no file {op.file} in the pack")
     text = files[op.file]
+    if isinstance(text, bytes):
+        raise ConfigError(f"{op.op}: {op.file} is a binary asset; only text files are edited")
     head, body = "", text
     if op.file == SKILL_MD:  # edit the body only: the front matter is the library's
         m = re.match(r"\A---\n.*?\n---\n", text, flags=re.S)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -79,21 +80,55 @@ class Installed:
     managed: bool
 
 
+Known = Callable[[str, str], bool]  # (skill name, sha256) -> does the store hold that version?
+
+
+def verified_marker(target: Path, known: Known | None = None) -> dict | None:
+    """The install marker at `target` if its claim holds: a real directory (not a link) whose marker names
+    it, whose files hash to the marker's sha256, and (given `known`) a version the store holds. A marker
+    is a claim anyone can write: never proof that a directory is ours to replace or delete."""
+    if target.is_symlink() or not target.is_dir():
+        return None
+    m = read_marker(target)
+    if not isinstance(m, dict) or m.get("name") != target.name or not isinstance(m.get("sha256"), str):
+        return None
+    try:
+        pack = SkillPack.load(target)
+    except ConfigError:
+        return None
+    if pack.sha256 != m["sha256"] or (known is not None and not known(target.name, m["sha256"])):
+        return None
+    return m
+
+
+def _created_dirs(marker: dict, target: Path, root: Path) -> list[str]:
+    """The marker's created parents that are really between `root` and the pack: nothing else is removed."""
+    keep = []
+    for d in marker.get("created_dirs", []) if isinstance(marker.get("created_dirs"), list) else []:
+        p = Path(str(d))
+        if p in target.parents and (p == root or root in p.parents) and p != root and not p.is_symlink():
+            keep.append(str(p))
+    return keep
+
+
 def install(pack: SkillPack, host: Host, scope: str, *, version: int | None = None, project: Path | None = None,
-            home: Path | None = None) -> Path:
-    """Install or upgrade/downgrade a managed pack; refuses to touch an unmanaged directory."""
+            home: Path | None = None, known: Known | None = None) -> Path:
+    """Install or upgrade/downgrade a managed pack; refuses to touch anything it cannot show it installed."""
     check_name(pack.name)
     errors = pack.validate()
     if errors:
         raise ConfigError(f"skill {pack.name} is not valid: {errors[0]}")
     base = skills_dir(host, scope, project, home)
     target = base / pack.name
-    marker = read_marker(target) if target.exists() else None
+    if target.is_symlink():
+        raise AgentDistillError(f"{target} is a symbolic link: refusing to install through it (remove the link)")
+    marker = verified_marker(target, known) if target.exists() else None
     if target.exists() and marker is None:
-        raise AgentDistillError(f"{target} exists and is not managed by agentdistill: refusing to overwrite it "
-                                "(move it away or pick another skill name)")
+        raise AgentDistillError(f"{target} exists and is not managed by agentdistill (no marker, or a marker that "
+                                "does not match its files or the store): refusing to overwrite it (move it away or "
+                                "pick another skill name)")
     root = _root(scope, project, home)
-    created = list(marker.get("created_dirs", [])) if marker else []
+    created = _created_dirs(marker, target, root) if marker else []
     if not marker:  # remember which parents this install creates, so uninstall can remove exactly those
         d = base
         while not d.exists() and d != root and root in d.parents:
@@ -107,17 +142,22 @@ def install(pack: SkillPack, host: Host, scope: str, *, version: int | None = No
     return target
 
 
-def uninstall(name: str, host: Host, scope: str, *, project: Path | None = None, home: Path | None = None) -> Path:
+def uninstall(name: str, host: Host, scope: str, *, project: Path | None = None, home: Path | None = None,
+              known: Known | None = None) -> Path:
     check_name(name)
     target = skills_dir(host, scope, project, home) / name
+    if target.is_symlink():
+        raise AgentDistillError(f"{target} is a symbolic link: refusing to remove what it points to")
     if not target.exists():
         raise AgentDistillError(f"{name} is not installed for {host.name} ({scope}): nothing at {target}")
-    marker = read_marker(target)
+    marker = verified_marker(target, known)
     if marker is None:
-        raise AgentDistillError(f"{target} is not managed by agentdistill: refusing to remove it")
-    shutil.rmtree(target)
+        raise AgentDistillError(f"{target} is not managed by agentdistill (no marker, or a marker that does not match "
+                                "its files or the store): refusing to remove it")
     root = _root(scope, project, home)
-    for d in sorted(marker.get("created_dirs", []), key=lambda d: -len(Path(d).parts)):  # deepest first
+    created = _created_dirs(marker, target, root)
+    shutil.rmtree(target)
+    for d in sorted(created, key=lambda d: -len(Path(d).parts)):  # deepest first
         p = Path(d)
         if not p.is_dir():
             continue
@@ -135,9 +175,9 @@ def _hand_over(created: Path, root: Path) -> None:
             if base is None or created not in base.parents or not base.is_dir():
                 continue
             for pack_dir in base.iterdir():
-                m = read_marker(pack_dir)
+                m = verified_marker(pack_dir)
                 if m is not None and str(created) not in m.get("created_dirs", []):
-                    m["created_dirs"] = m.get("created_dirs", []) + [str(created)]
+                    m["created_dirs"] = list(m.get("created_dirs", [])) + [str(created)]
                     (pack_dir / MARKER).write_text(json.dumps(m, indent=1))
                     return
 
@@ -156,7 +196,7 @@ def installed(host_name: str = "all", *, project: Path | None = None, home: Path
             if not base.is_dir():
                 continue
             for d in sorted(p for p in base.iterdir() if p.is_dir() and (p / "SKILL.md").exists()):
-                m = read_marker(d)
+                m = verified_marker(d)
                 out.append(Installed(host.name, scope, d, d.name, m.get("version") if m else None,
                                      m.get("sha256") if m else None, m is not None))
     return out

@@ -32,7 +32,7 @@ class Version:
 
 def _version(skill: Skill, v: SkillVersion) -> Version:
     return Version(v.id, skill.name, v.version, v.parent_id, v.sha256, v.distiller, v.run_id, v.metrics or {},
-                   v.created_at, SkillPack(skill.name, dict(v.files)))
+                   v.created_at, SkillPack.from_stored(skill.name, dict(v.files)))
 
 
 def save(store: Store, pack: SkillPack, *, distiller: str | None = None, run_id: str | None = None,
@@ -54,7 +54,7 @@ def save(store: Store, pack: SkillPack, *, distiller: str | None = None, run_id:
             return _version(skill, latest)
         number = (s.scalar(select(func.max(SkillVersion.version)).where(SkillVersion.skill_id == skill.id)) or 0) + 1
         row = SkillVersion(skill_id=skill.id, version=number, parent_id=parent_id if parent_id is not None else
-                           (latest.id if latest else None), files=dict(pack.files), sha256=pack.sha256,
+                           (latest.id if latest else None), files=pack.stored_files(), sha256=pack.sha256,
                            distiller=distiller, run_id=run_id, metrics=metrics or {})
         skill.description = pack.description
         s.add(row)
@@ -74,6 +74,13 @@ def get(store: Store, name: str, version: int | None = None) -> Version:
         if row is None:
             raise AgentDistillError(f"skill {name} has no version {version}: see `agentdistill skills show {name}`")
         return _version(skill, row)
+
+
+def has(store: Store, name: str, sha256: str) -> bool:
+    """Whether the library holds a version of skill `name` with exactly this content."""
+    with store.session() as s:
+        return s.scalar(select(func.count()).select_from(SkillVersion).join(Skill, Skill.id == SkillVersion.skill_id)
+                        .where(Skill.name == name, SkillVersion.sha256 == sha256)) > 0
 
 
 def get_by_id(store: Store, version_id: int) -> Version:
@@ -96,8 +103,12 @@ def diff(store: Store, name: str, a: int, b: int) -> str:
     va, vb = get(store, name, a), get(store, name, b)
     out = []
     for path in sorted(set(va.pack.files) | set(vb.pack.files)):
-        out += difflib.unified_diff(va.pack.files.get(path, "").splitlines(keepends=True),
-                                    vb.pack.files.get(path, "").splitlines(keepends=True),
+        old, new = va.pack.files.get(path, ""), vb.pack.files.get(path, "")
+        if isinstance(old, bytes) or isinstance(new, bytes):
+            if old != new:
+                out.append(f"Binary file {name}@v{a}/{path} and {name}@v{b}/{path} differ\n")
+            continue
+        out += difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
                                     f"{name}@v{a}/{path}", f"{name}@v{b}/{path}")
     return "".join(out)
 
@@ -110,7 +121,7 @@ def rollback(store: Store, name: str, version: int) -> Version:
         return latest
     with store.session() as s, s.begin():
         skill = s.scalar(select(Skill).where(Skill.name == name))
-        row = SkillVersion(skill_id=skill.id, version=latest.version + 1, parent_id=latest.id, files=dict(old.pack.files),
+        row = SkillVersion(skill_id=skill.id, version=latest.version + 1, parent_id=latest.id, files=old.pack.stored_files(),
                            sha256=old.sha256, distiller="rollback", run_id=None,
                            metrics={"rolled_back_to": version})
         s.add(row)
