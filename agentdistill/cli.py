@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from agentdistill.errors import AgentDistillError
+from agentdistill.secrets import install_log_filter, redact
 
 console = Console()
 err_console = Console(stderr=True)
@@ -32,7 +33,7 @@ class _App(typer.Typer):
             return super().__call__(*args, **kwargs)
         except AgentDistillError as e:
             # the message is text, never markup: "[teacher]" in it must print as written
-            err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {escape(redact(str(e)))}", highlight=False, soft_wrap=True)
             sys.exit(getattr(e, "exit_code", 2))
 
 
@@ -61,6 +62,7 @@ def _store(db: str | None, migrate_fresh: bool = True, create: bool = True):
 @app.callback()
 def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug details.")] = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    install_log_filter()  # no secret in any log line, ours or a library's
     if not verbose:  # deprecation notices from transformers' internals are not the user's to act on
         import warnings
 

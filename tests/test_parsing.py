@@ -51,3 +51,12 @@ def test_bracketed_action_forms_keep_their_brackets():
     assert parse_action("Action: search[red cotton t-shirt]", None).action == "search[red cotton t-shirt]"
     assert parse_action("Action: `click[Next >]`.", None).action == "click[Next >]"
     assert parse_action("Action: [look around]", None).action == "look around"
+
+
+def test_snapping_never_changes_the_verb():
+    """`go to kitchen` once became `focus on kitchen`, ScienceWorld's irreversible answer action."""
+    admissible = ["focus on kitchen", "open door to kitchen", "look around", "focus on red wire"]
+    p = parse_action("Action: go to kitchen", admissible)
+    assert (p.action, p.matched) == ("go to kitchen", False)  # sent as written: the env rejects it
+    assert parse_action("Action: focus on red wir", admissible).action == "focus on red wire"
+    assert parse_action("Action: open door to kitchn", admissible).action == "open door to kitchen"

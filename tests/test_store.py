@@ -108,3 +108,36 @@ def test_list_runs_counts_episodes(db_url):
     store.start_episode(run_id, 2, tid, role="student", policy_id="llm:x")  # still running
     (row,) = store.list_runs()
     assert (row["run"].id, row["episodes"], row["done"], row["successes"]) == (run_id, 3, 2, 1)
+
+
+def test_upgrading_an_older_store_keeps_every_row(db_url):
+    """Migrations that rebuild a table (SQLite batch mode) must not cascade-delete what points at it."""
+    from sqlalchemy import create_engine
+
+    from agentdistill.store.db import make_engine, resolve_url, upgrade
+
+    engine = make_engine(resolve_url(db_url))
+    upgrade(engine, "0003")
+    with engine.begin() as conn:  # a store written by the previous release: one episode, two steps, a call
+        conn.execute(text("INSERT INTO runs (id, name, kind, status, recipe, created_at) VALUES "
+                          "('r1', 'old', 'rollout', 'done', '{}', CURRENT_TIMESTAMP)"))
+        conn.execute(text("INSERT INTO tasks (id, env, name, variation, split, meta) VALUES "
+                          "(1, 'scienceworld', 'boil', 0, 'test', '{}')"))
+        conn.execute(text("INSERT INTO episodes (id, run_id, plan_index, task_id, role, policy_id, sampling, seed, "
+                          "status, reward, n_steps, prompt_tokens, completion_tokens, cost, wall_time, started_at) "
+                          "VALUES (1, 'r1', 0, 1, 'teacher', 'expert', '{}', 0, 'done', 1, 2, 0, 0, 0, 0, "
+                          "CURRENT_TIMESTAMP)"))
+        for i in range(2):
+            conn.execute(text(f"INSERT INTO steps (id, episode_id, idx, observation, action, reward, done, info, "
+                              f"prompt_tokens, completion_tokens, cost, latency) VALUES ({i + 1}, 1, {i}, 'o', 'a', "
+                              f"0, false, '{{}}', 0, 0, 0, 0)"))
+        conn.execute(text("INSERT INTO model_calls (step_id, model, messages, params, outputs, prompt_tokens, "
+                          "completion_tokens, cost, latency) VALUES (1, 'm', '[]', '{}', '[]', 0, 0, 0, 0)"))
+    upgrade(engine)
+    engine.dispose()
+    store = Store.open(db_url)
+    (ep,) = store.episodes(with_steps=True)
+    assert ep.attempt == 0 and [s.idx for s in ep.steps] == [0, 1] and len(ep.steps[0].calls) == 1
+    with store.engine.connect() as conn:
+        if store.engine.dialect.name == "sqlite":
+            assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1  # back on for normal use

@@ -57,13 +57,22 @@ def _candidate_lines(text: str) -> tuple[str | None, str | None]:
     return None, thought
 
 
+def verb(action: str) -> str:
+    return action.split(" ", 1)[0].lower() if action else ""
+
+
 def snap(action: str, admissible: list[str], cutoff: float = 0.6) -> str | None:
+    """The admissible action closest to `action` with the same verb, or None. Snapping fixes spelling and
+    argument wording; it must never change what the action does (`go to kitchen` is not `focus on
+    kitchen`, ScienceWorld's irreversible answer): with no close action of the same verb, the model's
+    action goes to the environment as written, and the environment rejects it."""
     if not admissible:
         return None
     lower = {a.lower(): a for a in admissible}
     if action.lower() in lower:
         return lower[action.lower()]
-    best = difflib.get_close_matches(action.lower(), list(lower), n=1, cutoff=cutoff)
+    same_verb = [a for a in lower if verb(a) == verb(action)]
+    best = difflib.get_close_matches(action.lower(), same_verb, n=1, cutoff=cutoff)
     return lower[best[0]] if best else None
 
 

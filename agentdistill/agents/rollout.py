@@ -13,7 +13,7 @@ from agentdistill.agents.runner import EnvPool, EpisodeSpec, Runner, make_plan
 from agentdistill.config import PolicySpec, Recipe, parse_recipe
 from agentdistill.envs import Env, Task, make
 from agentdistill.errors import AgentDistillError, EnvNotReady, RunFailed
-from agentdistill.models.litellm_backend import redact
+from agentdistill.secrets import redact
 from agentdistill.models import make_model
 from agentdistill.models.cost import Price
 from agentdistill.store.store import Store

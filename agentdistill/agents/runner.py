@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from agentdistill.agents.policies import EpisodeContext, EpisodeOver, Policy, Turn
 from agentdistill.envs.base import Env, Task
 from agentdistill.errors import ModelError
-from agentdistill.models.litellm_backend import redact
+from agentdistill.secrets import redact
 from agentdistill.store.store import StepRecord, Store
 
 log = logging.getLogger(__name__)

@@ -6,27 +6,18 @@ import asyncio
 import logging
 import os
 import random
-import re
 import time
 from typing import Any
 
 from agentdistill.errors import ModelError
 from agentdistill.models.base import ChatModel, Completion, Message
 from agentdistill.models.cost import Price, resolve_price
+from agentdistill.secrets import redact, register_env
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network fetch at import
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
-_SECRET_ENV = re.compile(r"(API_KEY|TOKEN|SECRET)$")
-
-
-def redact(text: str) -> str:
-    """Remove any secret from the environment from a message before it is logged or stored."""
-    for name, value in os.environ.items():
-        if _SECRET_ENV.search(name) and value and len(value) >= 8:
-            text = text.replace(value, "***")
-    return re.sub(r"\b(sk-[A-Za-z0-9_-]{8})[A-Za-z0-9_-]+", r"\1***", text)
 
 
 def is_retryable(exc: BaseException) -> bool:
@@ -64,6 +55,7 @@ class LiteLLMModel(ChatModel):
         self.id = model_id
         self.api_base = api_base
         self.api_key_env = api_key_env
+        register_env(api_key_env)  # whatever the variable's name, its value is a secret from now on
         self.timeout = timeout
         self.max_retries = max_retries
         self.backoff_base = backoff_base
@@ -94,7 +86,7 @@ class LiteLLMModel(ChatModel):
             kw["api_key"] = key
         return kw
 
-    def _parse(self, resp: Any, latency: float) -> list[Completion]:
+    def _parse(self, resp: Any, latency: float, max_tokens: int = 256) -> list[Completion]:
         usage = getattr(resp, "usage", None)
         prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
         completion_total = int(getattr(usage, "completion_tokens", 0) or 0)
@@ -102,15 +94,18 @@ class LiteLLMModel(ChatModel):
         per = completion_total // max(len(choices), 1)
         # the prompt is paid once per call: spread its cost evenly over the samples
         prompt_share = self.price.cost(prompt, 0) / max(len(choices), 1)
+        # a server that ignores max_tokens (a 1 MB answer to a 64-token request) is cut where it should have
+        # stopped: ~16 characters a token is generous for any tokenizer
+        limit = max(4096, 16 * max_tokens)
         return [
             Completion(
-                text=c.message.content or "",
+                text=(c.message.content or "")[:limit],
                 model=self.id,
                 prompt_tokens=prompt,
                 completion_tokens=per,
                 cost=prompt_share + self.price.cost(0, per),
                 latency=latency,
-                finish_reason=getattr(c, "finish_reason", None),
+                finish_reason="length" if len(c.message.content or "") > limit else getattr(c, "finish_reason", None),
             )
             for c in choices
         ]
@@ -132,13 +127,13 @@ class LiteLLMModel(ChatModel):
         log.warning("model %s: %s, retrying", self.id, type(exc).__name__)
         return self._delay(attempt, exc)
 
-    def _usable(self, resp: Any, latency: float) -> list[Completion]:
+    def _usable(self, resp: Any, latency: float, max_tokens: int = 256) -> list[Completion]:
         """The response's completions; a response without any (no choices, no message) is a failed
         attempt like a 5xx, or the caller would ask again and again without backing off."""
         choices = getattr(resp, "choices", None) or []
         if not choices or all(getattr(c, "message", None) is None for c in choices):
             raise EmptyResponse(f"the server answered without a completion ({len(choices)} choices)")
-        return self._parse(resp, latency)
+        return self._parse(resp, latency, max_tokens)
 
     def complete(self, messages: list[Message], n=1, temperature=0.0, max_tokens=256, stop=None):
         import litellm
@@ -149,7 +144,7 @@ class LiteLLMModel(ChatModel):
             t0 = time.perf_counter()
             try:
                 resp = litellm.completion(**self._kwargs(messages, n - len(out), temperature, max_tokens, stop))
-                out += self._usable(resp, time.perf_counter() - t0)
+                out += self._usable(resp, time.perf_counter() - t0, max_tokens)
             except ModelError:
                 raise
             except Exception as e:
@@ -166,7 +161,7 @@ class LiteLLMModel(ChatModel):
             t0 = time.perf_counter()
             try:
                 resp = await litellm.acompletion(**self._kwargs(messages, n - len(out), temperature, max_tokens, stop))
-                out += self._usable(resp, time.perf_counter() - t0)
+                out += self._usable(resp, time.perf_counter() - t0, max_tokens)
             except ModelError:
                 raise
             except Exception as e:

@@ -22,7 +22,7 @@ from typing import Any
 
 from agentdistill.config import Recipe, parse_recipe
 from agentdistill.errors import AgentDistillError, ConfigError
-from agentdistill.models.litellm_backend import redact
+from agentdistill.secrets import redact
 from agentdistill.store.store import Store
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from agentdistill.errors import AgentDistillError, ConfigError
+from agentdistill.secrets import redact
 from agentdistill.skills.pack import SkillPack, check_name
 from agentdistill.store.models import Skill, SkillVersion
 from agentdistill.store.store import Store
@@ -42,6 +43,7 @@ def save(store: Store, pack: SkillPack, *, distiller: str | None = None, run_id:
     errors = pack.validate()
     if errors:
         raise ConfigError(f"skill {pack.name} is not valid: {errors[0]}" + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
+    pack = SkillPack(pack.name, {p: redact(v) if isinstance(v, str) else v for p, v in pack.files.items()})
     with store.session() as s, s.begin():
         skill = s.scalar(select(Skill).where(Skill.name == pack.name))
         if skill is None:

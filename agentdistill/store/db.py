@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from agentdistill.errors import ConfigError
+from agentdistill.secrets import register as register_secret
 
 DEFAULT_DB = "agentdistill.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -31,9 +32,10 @@ def resolve_url(db: str | None) -> str:
     if db.startswith("postgresql://"):  # prefer psycopg 3, which is what our extra installs
         db = "postgresql+psycopg://" + db[len("postgresql://") :]
     try:
-        make_url(db)
-    except ArgumentError as e:
-        raise ConfigError(f"bad database URL {db!r}: {e}; use a file path or e.g. postgresql://user@host/db") from e
+        parsed = make_url(db)
+    except ArgumentError:
+        raise ConfigError("bad database URL: use a file path or e.g. postgresql://user@host/db") from None
+    register_secret(parsed.password if isinstance(parsed.password, str) else None)  # never in a log or error
     return db
 
 
@@ -94,7 +96,25 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
+    """Migrate to `revision` in one transaction. On SQLite, foreign keys are off meanwhile: Alembic's batch
+    mode rebuilds a table (create, copy, drop, rename), and dropping the old `episodes` with foreign keys on
+    would cascade-delete every step. The keys are checked again before the transaction commits."""
     cfg = alembic_config(engine)
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, revision)
+    with engine.connect() as conn:
+        sqlite = engine.dialect.name == "sqlite"
+        if sqlite:
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")  # outside a transaction, or SQLite ignores it
+            conn.commit()  # ends SQLAlchemy's autobegun transaction (the driver began none for a PRAGMA)
+        try:
+            with conn.begin():
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, revision)
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise ConfigError(f"migration left {len(broken)} rows pointing at missing rows: rolled back")
+        finally:
+            if sqlite:
+                conn.rollback()
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()

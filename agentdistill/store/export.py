@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from agentdistill.errors import AgentDistillError
+from agentdistill.secrets import scrub
 from agentdistill.store.models import Episode
 from agentdistill.store.store import Store
 
@@ -69,7 +70,7 @@ def episode_record(ep: Episode, with_calls: bool = True) -> dict[str, Any]:
 
 def iter_records(store: Store, run_id: str | None, role: str | None, status: str | None) -> Iterator[dict[str, Any]]:
     for ep in store.episodes(run_id=run_id, role=role, status=status, with_steps=True):
-        yield episode_record(ep)
+        yield scrub(episode_record(ep))  # the store holds no secret; exports check again
 
 
 def export_jsonl(store: Store, out: Path, run_id=None, role=None, status="done") -> int:

@@ -18,6 +18,7 @@ from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session, aliased, selectinload, sessionmaker
 
 from agentdistill.errors import AgentDistillError
+from agentdistill.secrets import redact, scrub
 from agentdistill.store import db
 from agentdistill.store.models import Base, Episode, ModelCall, Run, Stage, Step, Task, utcnow
 
@@ -73,6 +74,33 @@ def latest_attempt():
                            later.attempt > Episode.attempt)
 
 
+MAX_FIELD_CHARS = 32_768  # per stored text: a runaway 1 MB completion must not be stored whole, twice
+
+
+def bounded(text: str | None, field: str, truncated: dict[str, int]) -> str | None:
+    """`text` redacted and cut to MAX_FIELD_CHARS with a visible marker; the full length goes to `truncated`."""
+    if text is None:
+        return None
+    text = redact(text)
+    if len(text) <= MAX_FIELD_CHARS:
+        return text
+    truncated[field] = len(text)
+    return text[:MAX_FIELD_CHARS] + f"\n[... truncated by agentdistill: {len(text)} characters in all]"
+
+
+def call_row(step_id: int, call: dict[str, Any]) -> dict[str, Any]:
+    """A model_calls row: secrets redacted, prompt and output texts bounded (sizes kept in params.truncated)."""
+    truncated: dict[str, int] = {}
+    messages = [{**m, "content": bounded(m.get("content"), f"messages[{i}]", truncated)} if isinstance(m, dict) else m
+                for i, m in enumerate(scrub(call.get("messages") or []))]
+    outputs = [bounded(o, f"outputs[{i}]", truncated) if isinstance(o, str) else o
+               for i, o in enumerate(call.get("outputs") or [])]
+    params = scrub(call.get("params") or {})
+    if truncated:
+        params = {**params, "truncated": truncated}
+    return {**call, "step_id": step_id, "messages": messages, "outputs": outputs, "params": params}
+
+
 @dataclass
 class StepRecord:
     """What the runner hands the store for one step (plain data: no ORM state)."""
@@ -94,17 +122,20 @@ class StepRecord:
     calls: Sequence[dict[str, Any]] = ()  # ModelCall column values
 
     def row(self, episode_id: int) -> dict[str, Any]:
+        """The steps row: secrets redacted, each text field bounded (the full size kept in info.truncated)."""
+        truncated: dict[str, int] = {}
+        text = {f: bounded(getattr(self, f), f, truncated)
+                for f in ("observation", "action", "thought", "raw_output", "next_observation")}
+        info = scrub(self.info or {})
+        if truncated:
+            info = {**info, "truncated": {**info.get("truncated", {}), **truncated}}
         return {
             "episode_id": episode_id,
             "idx": self.idx,
-            "observation": self.observation,
-            "action": self.action,
-            "thought": self.thought,
-            "raw_output": self.raw_output,
+            **text,
             "reward": self.reward,
             "done": self.done,
-            "next_observation": self.next_observation,
-            "info": self.info or {},
+            "info": info,
             "answered_by": self.answered_by,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
@@ -165,7 +196,7 @@ class Store:
     def create_run(self, name: str, recipe: dict[str, Any], kind: str = "rollout") -> str:
         run_id = uuid.uuid4().hex[:12]
         with self.session() as s, s.begin():
-            s.add(Run(id=run_id, name=name, kind=kind, recipe=recipe, status="running"))
+            s.add(Run(id=run_id, name=name, kind=kind, recipe=scrub(recipe), status="running"))
         return run_id
 
     def get_run(self, run_id: str) -> Run:
@@ -255,20 +286,20 @@ class Store:
         """Merge measurements into an episode's metrics (e.g. SPARK's PDI for this attempt)."""
         with self.session() as s, s.begin():
             ep = s.get(Episode, episode_id)
-            ep.metrics = {**(ep.metrics or {}), **metrics}
+            ep.metrics = {**(ep.metrics or {}), **scrub(metrics)}
 
     def annotate_steps(self, episode_id: int, notes: dict[int, dict[str, Any]]) -> None:
         """Merge `notes[idx]` into the info of step `idx` (e.g. a trainer's per-turn KL); nothing else changes."""
         with self.session() as s, s.begin():
             for st in s.scalars(select(Step).where(Step.episode_id == episode_id, Step.idx.in_(list(notes)))):
-                st.info = {**(st.info or {}), **notes[st.idx]}
+                st.info = {**(st.info or {}), **scrub(notes[st.idx])}
 
     def add_step(self, episode_id: int, step: StepRecord) -> int:
         """Commit one step and its model calls in one transaction."""
         with self.session() as s, s.begin():
             step_id = s.execute(insert(Step).returning(Step.id), [step.row(episode_id)]).scalar_one()
             if step.calls:
-                s.execute(insert(ModelCall), [{"step_id": step_id, **c} for c in step.calls])
+                s.execute(insert(ModelCall), [call_row(step_id, c) for c in step.calls])
             return step_id
 
     def add_steps(self, episode_id: int, steps: Iterable[StepRecord]) -> int:
@@ -302,7 +333,7 @@ class Store:
             ep.n_steps, ep.reward, ep.prompt_tokens, ep.completion_tokens, ep.cost = totals
             ep.status, ep.finished_at = status, utcnow()
             for k, v in fields.items():
-                setattr(ep, k, v)
+                setattr(ep, k, redact(v) if isinstance(v, str) else v)
 
     def episodes(
         self,
@@ -391,9 +422,9 @@ class Store:
         with self.session() as s, s.begin():
             st = s.get(Stage, stage_id)
             if outputs:
-                st.outputs = {**(st.outputs or {}), **outputs}
+                st.outputs = {**(st.outputs or {}), **scrub(outputs)}
             if error is not None:
-                st.error = error
+                st.error = redact(error)
             if wall_time is not None:
                 st.wall_time = wall_time
             if status is not None:

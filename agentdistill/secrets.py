@@ -1,0 +1,81 @@
+"""Secrets never reach the store, logs, exports or error messages.
+
+A secret is any value of an environment variable whose name says it is one (..._API_KEY, ..._TOKEN,
+..._SECRET, ..._PASSWORD), any value the process was handed as a key through another name (a model's
+`api_key_env`, `serve --api-key`), and the password of a database URL. `redact` replaces each with
+`***` (and shortens OpenAI-style `sk-...` keys it finds anywhere); `scrub` does it through nested JSON.
+Values shorter than 8 characters are not treated as secrets: replacing them would mangle ordinary text.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from typing import Any
+
+_SECRET_ENV = re.compile(r"(API_?KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIALS?)$", re.I)
+_SK = re.compile(r"\b(sk-[A-Za-z0-9_-]{4})[A-Za-z0-9_-]{8,}")
+_given: set[str] = set()
+_lock = threading.Lock()
+MIN_LEN = 8
+
+
+def register(value: str | None) -> None:
+    """Treat `value` as a secret from now on (a key read from any variable, a password)."""
+    if value and len(value) >= MIN_LEN:
+        with _lock:
+            _given.add(value)
+
+
+def register_env(name: str | None) -> None:
+    """The value of the environment variable `name` is a secret, whatever the name."""
+    if name:
+        register(os.environ.get(name))
+
+
+def values() -> list[str]:
+    found = {v for k, v in os.environ.items() if _SECRET_ENV.search(k) and v and len(v) >= MIN_LEN}
+    with _lock:
+        found |= _given
+    return sorted(found, key=len, reverse=True)  # longest first: a key containing another is replaced whole
+
+
+def redact(text: str) -> str:
+    if not text:
+        return text
+    for value in values():
+        if value in text:
+            text = text.replace(value, "***")
+    return _SK.sub(r"\1***", text)
+
+
+def scrub(obj: Any) -> Any:
+    """`obj` with every string in it redacted (dicts, lists and tuples walked)."""
+    if isinstance(obj, str):
+        return redact(obj)
+    if isinstance(obj, dict):
+        return {k: scrub(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(scrub(v) for v in obj)
+    return obj
+
+
+class RedactingFilter(logging.Filter):
+    """Log records are redacted before any handler formats them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            record.msg = redact(record.getMessage())
+            record.args = ()
+        except Exception:  # a record that cannot be formatted is left to logging's own error path
+            pass
+        return True
+
+
+def install_log_filter() -> None:
+    root = logging.getLogger()
+    for handler in root.handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
