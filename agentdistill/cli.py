@@ -520,6 +520,8 @@ def serve(
     demos: Annotated[int, typer.Option(help="Demos retrieved per request.")] = 3,
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    api_key: Annotated[Optional[list[str]], typer.Option("--api-key", help="Accept requests bearing this key (repeatable; or AGENTDISTILL_SERVE_API_KEY, comma-separated).")] = None,
+    insecure_no_auth: Annotated[bool, typer.Option("--insecure-no-auth", help="Bind beyond localhost without keys (anyone who reaches it spends the teacher's budget).")] = False,
 ) -> None:
     """Serve an OpenAI-compatible /v1/chat/completions answered by the cascade.
 
@@ -533,13 +535,32 @@ def serve(
 
     if not 0 <= threshold <= 1:
         raise AgentDistillError(f"--threshold {threshold}: use a share between 0 and 1")
+    keys = list(api_key or []) + [k.strip() for k in os.environ.get("AGENTDISTILL_SERVE_API_KEY", "").split(",")
+                                  if k.strip()]
+    if any(len(k) < 16 for k in keys):
+        raise AgentDistillError("--api-key: use keys of at least 16 characters (e.g. `openssl rand -hex 24`)")
+    if not keys and not _loopback(host) and not insecure_no_auth:
+        raise AgentDistillError(f"--host {host} is reachable beyond this machine: give --api-key (or "
+                                "AGENTDISTILL_SERVE_API_KEY), or --insecure-no-auth if it must be open")
     opts = lambda base: {"api_base": base} if base else {}  # noqa: E731
     service = CascadeService(
         make_model(student, **opts(student_api_base)), make_model(teacher, **opts(teacher_api_base)),
         DemoIndex.load(index) if index else None, k_demos=demos, samples=samples, threshold=threshold, temperature=temperature,
     )
-    console.print(f"cascade {student} -> {teacher} on http://{host}:{port}/v1 (model name: agentdistill-cascade)")
-    uvicorn.run(create_app(service), host=host, port=port, log_level="warning")
+    console.print(f"cascade {student} -> {teacher} on http://{host}:{port}/v1 (model name: agentdistill-cascade; "
+                  f"{'API key required' if keys else 'no API key'})")
+    uvicorn.run(create_app(service, api_keys=keys), host=host, port=port, log_level="warning")
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 train_app = typer.Typer(no_args_is_help=True, help="Train small local students from the store (TRL + PEFT).")

@@ -98,11 +98,48 @@ class ChatRequest(BaseModel):
     n: int = 1
 
 
-def create_app(service: CascadeService):
-    from fastapi import FastAPI, HTTPException
+MAX_REQUEST_BYTES = 1 << 20  # a chat of agent turns is kilobytes; bound what a client can make us parse and send on
+
+
+def create_app(service: CascadeService, api_keys: list[str] | None = None, max_request_bytes: int = MAX_REQUEST_BYTES):
+    """The FastAPI app. With `api_keys`, every request must carry one (`Authorization: Bearer <key>`, as
+    OpenAI clients send it; compared in constant time), else 401: whoever reaches the server would spend
+    the teacher's API budget."""
+    import hmac
+
+    from fastapi import FastAPI, HTTPException, Request
     from fastapi.responses import JSONResponse
 
+    from agentdistill.secrets import register
+
+    keys = [k.encode() for k in api_keys or []]
+    for k in api_keys or []:
+        register(k)
     app = FastAPI(title="agentdistill cascade")
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if keys:
+            auth = request.headers.get("authorization", "")
+            given = auth[7:].strip().encode() if auth.lower().startswith("bearer ") else b""
+            if not any(hmac.compare_digest(given, k) for k in keys):
+                return JSONResponse({"error": {"message": "missing or wrong API key: send Authorization: Bearer "
+                                                          "<key>", "type": "invalid_request_error",
+                                               "code": "invalid_api_key"}}, status_code=401,
+                                    headers={"WWW-Authenticate": "Bearer"})
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_request_bytes):
+            return JSONResponse({"error": {"message": f"request body over {max_request_bytes} bytes",
+                                           "type": "invalid_request_error"}}, status_code=413)
+        if request.method == "POST" and length is None:  # chunked bodies: read, bounded
+            body = b""
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_request_bytes:
+                    return JSONResponse({"error": {"message": f"request body over {max_request_bytes} bytes",
+                                                   "type": "invalid_request_error"}}, status_code=413)
+            request._body = body
+        return await call_next(request)
 
     @app.get("/v1/models")
     async def models():

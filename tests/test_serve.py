@@ -77,3 +77,50 @@ def test_openai_client_gets_an_answer_and_who_gave_it(index, teacher, threshold,
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def test_api_keys_are_checked_on_every_request_and_bodies_are_bounded(teacher):
+    """Without a valid key: 401 before any model is asked (a stand-in student records every call)."""
+    from openai import AuthenticationError, OpenAI
+
+    with OpenAIStub(reply="Action: look around") as student_stub:
+        student = make_model("openai/stub-student", api_base=student_stub.url)
+        teacher_model = make_model("openai/stub-teacher", api_base=teacher.url)
+        key = "k-" + "7" * 30
+        service = CascadeService(student, teacher_model, None, samples=2, threshold=0.0)
+        from agentdistill.serve import create_app
+
+        import uvicorn
+
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(create_app(service, api_keys=[key], max_request_bytes=4096),
+                                               host="127.0.0.1", port=port, log_level="warning"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.05)
+        base = f"http://127.0.0.1:{port}/v1"
+        try:
+            for bad in (None, "Bearer wrong-key-wrong-key-wrong", f"Basic {key}"):
+                r = httpx.post(f"{base}/chat/completions", json={"messages": MESSAGES},
+                               headers={"Authorization": bad} if bad else {})
+                assert r.status_code == 401 and "API key" in r.text
+            assert httpx.get(f"{base}/models").status_code == 401
+            assert student_stub.seen == []  # nothing was spent
+            with pytest.raises(AuthenticationError):
+                OpenAI(base_url=base, api_key="nope").chat.completions.create(model="x", messages=MESSAGES)
+            resp = OpenAI(base_url=base, api_key=key).chat.completions.create(model="x", messages=MESSAGES)
+            assert resp.choices[0].message.content == "Action: look around"
+            big = [{"role": "user", "content": "x" * 10_000}]
+            r = httpx.post(f"{base}/chat/completions", json={"messages": big}, headers={"Authorization": f"Bearer {key}"})
+            assert r.status_code == 413
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)
+
+
+def test_serve_refuses_to_bind_beyond_localhost_without_a_key():
+    from tests.conftest import run_cli
+
+    p = run_cli("serve", "--student", "local/smollm2-135m", "--teacher", "openai/x", "--host", "0.0.0.0")
+    assert p.returncode == 2 and "--api-key" in p.stderr and len(p.stderr.strip().splitlines()) == 1

@@ -51,10 +51,16 @@ def check_credentials(model_id: str, api_base: str | None = None, api_key_env: s
         return
     import litellm
 
+    # litellm counts a variable that is set but empty (`OPENAI_API_KEY=`) as a key: hide those while it looks
+    empty = {k: v for k, v in os.environ.items() if not v.strip()}
     try:
+        for k in empty:
+            del os.environ[k]
         env = litellm.validate_environment(model_id)
     except Exception:  # litellm cannot tell for this provider: let the first request say
         return
+    finally:
+        os.environ.update(empty)
     if not env.get("keys_in_environment", True):
         keys = " or ".join(env.get("missing_keys") or ["its API key"])
         raise ConfigError(f"model {model_id} needs credentials: set {keys} in the environment (or name another "

@@ -15,7 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from agentdistill.errors import ConfigError
 from agentdistill.secrets import register as register_secret
@@ -77,6 +77,9 @@ def make_engine(url: str) -> Engine:
         return create_engine(url, pool_pre_ping=True)
     except ModuleNotFoundError as e:
         raise ConfigError(f"database driver missing ({e.name}): pip install 'agentdistill[postgres]'") from e
+    except NoSuchModuleError as e:  # `notadialect://...`
+        raise ConfigError(f"bad database URL: no database kind {url.split('://')[0]!r}; use a file path or e.g. "
+                          "postgresql://user@host/db") from None
 
 
 def alembic_config(engine: Engine) -> Config:
