@@ -37,7 +37,7 @@ def build_policy(spec: PolicySpec, store: Store | None = None, env_name: str = "
     options: dict = {}
     if spec.price:
         options["price"] = Price(spec.price.input_per_mtok, spec.price.output_per_mtok)
-    if not spec.model.startswith("local/"):
+    if not spec.model.startswith(("local/", "llamacpp/")):  # in-process models take no server options
         options.update(
             api_base=spec.api_base, api_key_env=spec.api_key_env, timeout=spec.timeout, max_retries=spec.max_retries
         )

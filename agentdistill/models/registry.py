@@ -1,4 +1,5 @@
-"""Model ids -> ChatModel instances: litellm ids for APIs and servers, `local/...` for transformers."""
+"""Model ids -> ChatModel instances: litellm ids for APIs and servers, `local/...` for transformers,
+`llamacpp/...` for GGUF files run by llama.cpp in process."""
 
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ def check_model_id(model_id: str, api_base: str | None = None) -> None:
 
         check_local(model_id.removeprefix("local/"))
         return
+    if model_id.startswith("llamacpp/"):
+        from agentdistill.models.llamacpp import check_llamacpp
+
+        check_llamacpp(model_id.removeprefix("llamacpp/"))
+        return
     import litellm
 
     litellm.suppress_debug_info = True  # else it prints a provider list on every unknown id
@@ -41,7 +47,7 @@ def check_model_id(model_id: str, api_base: str | None = None) -> None:
 def check_credentials(model_id: str, api_base: str | None = None, api_key_env: str | None = None) -> None:
     """Missing credentials are a configuration error, reported before a run starts (not an API error
     retried for a minute). A server given by api_base may need no key."""
-    if model_id.startswith("local/"):
+    if model_id.startswith(("local/", "llamacpp/")):
         return
     if api_key_env:
         if not os.environ.get(api_key_env):
@@ -76,6 +82,10 @@ def make_model(model_id: str, **options: Any) -> ChatModel:
             from agentdistill.models.local import LocalModel
 
             _instances[key] = LocalModel(model_id, **options)
+        elif model_id.startswith("llamacpp/"):
+            from agentdistill.models.llamacpp import LlamaCppModel
+
+            _instances[key] = LlamaCppModel(model_id, **options)
         else:
             from agentdistill.models.litellm_backend import LiteLLMModel
 

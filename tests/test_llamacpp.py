@@ -1,0 +1,73 @@
+"""llama.cpp in process (`llamacpp/...`): the SmolLM2 GGUF as shipped, n samples, stop, usage, a real
+ScienceWorld episode stored with its model calls, one-line errors for bad ids."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentdistill.agents.rollout import run_recipe
+from agentdistill.config import parse_recipe
+from agentdistill.errors import ConfigError
+from agentdistill.models.cost import Price
+from agentdistill.models.registry import check_model_id, make_model
+from agentdistill.store.store import Store
+from tests.conftest import run_cli
+
+pytest.importorskip("llama_cpp", reason="pip install 'llama-cpp-python>=0.3'")
+
+MODEL = "llamacpp/smollm2-135m"
+CHAT = [{"role": "system", "content": "You play a text game. Reply with one action."},
+        {"role": "user", "content": "You are in a kitchen. There is a closed fridge. Task: open the fridge."}]
+
+
+def test_greedy_is_deterministic_samples_differ_and_usage_is_counted():
+    model = make_model(MODEL, price=Price(1.0, 2.0))
+    (a,), (b,) = model.complete(CHAT, max_tokens=16), model.complete(CHAT, max_tokens=16)
+    assert a.text == b.text and a.text.strip()
+    assert a.prompt_tokens > 20 and 0 < a.completion_tokens <= 16 and a.latency > 0
+    assert a.cost == pytest.approx((a.prompt_tokens * 1.0 + a.completion_tokens * 2.0) / 1e6)
+    greedy = model.complete(CHAT, n=3, max_tokens=16)
+    assert [c.text for c in greedy] == [a.text] * 3 and sum(c.completion_tokens for c in greedy) == a.completion_tokens
+    sampled = model.complete(CHAT, n=4, temperature=1.0, max_tokens=24)
+    assert len(sampled) == 4 and len({c.text for c in sampled}) > 1
+    assert all(0 < c.completion_tokens <= 24 for c in sampled)
+    # the prompt is paid once per call, each sample pays its own output
+    assert sum(c.cost for c in sampled) == pytest.approx(
+        (sampled[0].prompt_tokens * 1.0 + sum(c.completion_tokens for c in sampled) * 2.0) / 1e6)
+    (cut,) = model.complete(CHAT, max_tokens=16, stop=[a.text.strip()[:3]])
+    assert a.text.strip()[:3] not in cut.text
+
+
+def test_a_scienceworld_episode_is_stored_with_its_model_calls(tmp_path):
+    store = Store.open(str(tmp_path / "s.db"))
+    recipe = parse_recipe({"env": {"tasks": ["lifespan-longest-lived"], "variations": 1},
+                           "student": {"model": MODEL, "max_tokens": 24, "history": 2},
+                           "runner": {"max_steps": 3}})
+    run_id = run_recipe(store, recipe, progress=False)
+    (ep,) = store.episodes(run_id=run_id, with_steps=True)
+    assert ep.status == "done" and ep.model == MODEL and ep.n_steps == 3
+    for st in ep.steps:
+        (call,) = st.calls
+        assert st.answered_by == MODEL and call.model == MODEL and call.outputs == [st.raw_output]
+        assert call.prompt_tokens == st.prompt_tokens > 100 and 0 < call.completion_tokens <= 24
+
+
+@pytest.mark.parametrize("model_id, fragment", [
+    ("llamacpp/nope", "give a .gguf file or one of smollm2-135m"),
+    ("llamacpp//no/such/file.gguf", "no GGUF file at"),
+])
+def test_bad_ids_are_one_line(model_id, fragment, tmp_path):
+    with pytest.raises(ConfigError, match=fragment):
+        check_model_id(model_id)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'[student]\nmodel = "{model_id}"\n')
+    p = run_cli("run", str(recipe), "--db", str(tmp_path / "s.db"))
+    assert p.returncode == 2 and fragment in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not (tmp_path / "s.db").exists()
+
+
+def test_a_file_that_is_not_a_gguf_is_one_line(tmp_path):
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\0" * 64)
+    with pytest.raises(ConfigError, match="llama.cpp cannot load it"):
+        make_model(f"llamacpp/{bad}")
