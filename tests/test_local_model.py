@@ -1,0 +1,68 @@
+"""The in-process transformers backend's dynamic batching, on the real SmolLM2: concurrent requests are
+answered together, and each gets exactly what it would have got alone."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from agentdistill.models.cost import Price
+from agentdistill.models.local import LocalModel
+
+pytest.importorskip("transformers")
+
+SYSTEM = {"role": "system", "content": "You play a text game. Reply with one action."}
+ROOMS = ["a kitchen with a closed fridge", "a bedroom with a wardrobe and a key on the bed",
+         "a cellar. Exits: north, up. A lantern hangs on a hook", "the garden; a shovel leans on a wall",
+         "a long corridor with doors to the east and west and a painting of a ship"]
+CHATS = [[SYSTEM, {"role": "user", "content": f"You are in {room}. What do you do?"}] for room in ROOMS]
+
+
+@pytest.fixture(scope="module")
+def models():
+    price = Price(10.0, 20.0)
+    return (LocalModel("local/smollm2-135m", price=price, batching=True),
+            LocalModel("local/smollm2-135m", price=price, batching=False))
+
+
+def _concurrently(model, chats, **kw):
+    with ThreadPoolExecutor(len(chats)) as pool:
+        return list(pool.map(lambda c: model.complete(c[0], max_tokens=c[1], **kw), chats))
+
+
+def test_batched_greedy_equals_unbatched_with_each_requests_own_tokens_and_limits(models):
+    batched, alone = models
+    limits = [8, 24, 16, 24, 12]  # different max_tokens in one batch
+    want = [alone.complete(c, max_tokens=m)[0] for c, m in zip(CHATS, limits)]
+    calls = []
+    original = batched._generate
+    batched._generate = lambda reqs: calls.append(len(reqs)) or original(reqs)
+    try:
+        got = [r[0] for r in _concurrently(batched, list(zip(CHATS, limits)))]
+    finally:
+        batched._generate = original
+    assert max(calls) > 1, calls  # they really were answered together
+    for g, w, m in zip(got, want, limits):
+        assert g.text == w.text and g.finish_reason == w.finish_reason
+        assert g.prompt_tokens == w.prompt_tokens and g.completion_tokens == w.completion_tokens <= m
+        assert g.cost == pytest.approx(w.cost) and g.cost == pytest.approx(
+            (g.prompt_tokens * 10.0 + g.completion_tokens * 20.0) / 1e6)
+    assert len({g.prompt_tokens for g in got}) > 1  # each request's own prompt, not the padded width
+
+
+def test_n_samples_share_a_call_and_differ_when_sampling(models):
+    batched, _ = models
+    samples = batched.complete(CHATS[0], n=4, temperature=1.0, max_tokens=24)
+    assert len(samples) == 4 and len({s.text for s in samples}) > 1
+    assert len({s.prompt_tokens for s in samples}) == 1 and all(0 < s.completion_tokens <= 24 for s in samples)
+    greedy = batched.complete(CHATS[0], n=3, max_tokens=12)
+    assert len({s.text for s in greedy}) == 1 and sum(s.completion_tokens for s in greedy) == greedy[0].completion_tokens
+
+
+def test_stop_strings_cut_each_request_in_a_batch(models):
+    batched, alone = models
+    (full,) = alone.complete(CHATS[1], max_tokens=24)
+    stop = full.text.split()[1] if len(full.text.split()) > 1 else full.text[:2]
+    got = _concurrently(batched, [(CHATS[1], 24), (CHATS[2], 24)], stop=[stop])
+    assert stop not in got[0][0].text and got[0][0].text == full.text[: full.text.index(stop)]
