@@ -15,6 +15,7 @@ from agentdistill.envs import Env, Task, make
 from agentdistill.errors import AgentDistillError, EnvNotReady, RunFailed
 from agentdistill.secrets import redact
 from agentdistill.models import make_model
+from agentdistill.models.registry import IN_PROCESS
 from agentdistill.models.cost import Price
 from agentdistill.store.store import Store
 
@@ -37,7 +38,7 @@ def build_policy(spec: PolicySpec, store: Store | None = None, env_name: str = "
     options: dict = {}
     if spec.price:
         options["price"] = Price(spec.price.input_per_mtok, spec.price.output_per_mtok)
-    if not spec.model.startswith(("local/", "llamacpp/")):  # in-process models take no server options
+    if not spec.model.startswith(IN_PROCESS):  # in-process models take no server options
         options.update(
             api_base=spec.api_base, api_key_env=spec.api_key_env, timeout=spec.timeout, max_retries=spec.max_retries
         )

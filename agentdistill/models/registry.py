@@ -1,5 +1,5 @@
 """Model ids -> ChatModel instances: litellm ids for APIs and servers, `local/...` for transformers,
-`llamacpp/...` for GGUF files run by llama.cpp in process."""
+`llamacpp/...` for GGUF files run by llama.cpp in process, `vllm/...` for vLLM on a CUDA GPU."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from agentdistill.models.base import ChatModel
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 _instances: dict[tuple[str, str], ChatModel] = {}
+IN_PROCESS = ("local/", "llamacpp/", "vllm/")  # model id prefixes answered in this process: no server, no key
 
 
 def check_model_id(model_id: str, api_base: str | None = None) -> None:
@@ -27,6 +28,11 @@ def check_model_id(model_id: str, api_base: str | None = None) -> None:
         from agentdistill.models.llamacpp import check_llamacpp
 
         check_llamacpp(model_id.removeprefix("llamacpp/"))
+        return
+    if model_id.startswith("vllm/"):
+        from agentdistill.models.vllm_backend import check_vllm
+
+        check_vllm(model_id.removeprefix("vllm/"))
         return
     import litellm
 
@@ -47,7 +53,7 @@ def check_model_id(model_id: str, api_base: str | None = None) -> None:
 def check_credentials(model_id: str, api_base: str | None = None, api_key_env: str | None = None) -> None:
     """Missing credentials are a configuration error, reported before a run starts (not an API error
     retried for a minute). A server given by api_base may need no key."""
-    if model_id.startswith(("local/", "llamacpp/")):
+    if model_id.startswith(IN_PROCESS):
         return
     if api_key_env:
         if not os.environ.get(api_key_env):
@@ -86,6 +92,10 @@ def make_model(model_id: str, **options: Any) -> ChatModel:
             from agentdistill.models.llamacpp import LlamaCppModel
 
             _instances[key] = LlamaCppModel(model_id, **options)
+        elif model_id.startswith("vllm/"):
+            from agentdistill.models.vllm_backend import VLLMModel
+
+            _instances[key] = VLLMModel(model_id, **options)
         else:
             from agentdistill.models.litellm_backend import LiteLLMModel
 

@@ -1,0 +1,100 @@
+"""vLLM in process on a CUDA GPU: `vllm/<alias | checkpoint dir | LoRA adapter dir>`.
+
+Concurrent requests (episodes in flight) are gathered by the same Batcher as `local/` and handed to
+vLLM in one `LLM.chat` call, where its continuous batching and prefix cache take over. A LoRA adapter
+directory from `agentdistill train sft` is served on its base model without merging (vLLM's
+LoRARequest), so several adapters of one base can share a GPU. Optional: `pip install
+'agentdistill[vllm]'` on a machine with a CUDA GPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import threading
+import time
+from pathlib import Path
+
+from agentdistill.errors import ConfigError
+from agentdistill.models.base import ChatModel, Completion, Message
+from agentdistill.models.batching import Batcher, Request
+from agentdistill.models.cost import Price, resolve_price
+
+PREFIX = "vllm/"
+
+
+def check_vllm(name_or_path: str) -> None:
+    """One line when vLLM or a GPU is missing, or the id resolves to nothing (no loading)."""
+    from agentdistill.models.local import check_local
+
+    check_local(name_or_path)
+    if importlib.util.find_spec("vllm") is None:
+        raise ConfigError(f"model {PREFIX}{name_or_path} needs vLLM and a CUDA GPU: pip install 'agentdistill[vllm]' "
+                          f"there (on a CPU use local/{name_or_path} or llamacpp/...)")
+    import torch
+
+    if not torch.cuda.is_available():
+        raise ConfigError(f"model {PREFIX}{name_or_path}: vLLM needs a CUDA GPU and none is visible here "
+                          f"(use local/{name_or_path} on a CPU)")
+
+
+def split_adapter(path: Path) -> tuple[Path, Path | None]:
+    """(base checkpoint, adapter dir or None) for a checkpoint or a PEFT adapter directory."""
+    from agentdistill.models.local import resolve_checkpoint
+
+    config = path / "adapter_config.json"
+    if not config.exists():
+        return path, None
+    base = json.loads(config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ConfigError(f"{config} names no base_model_name_or_path: cannot serve the adapter")
+    return resolve_checkpoint(base), path
+
+
+class VLLMModel(ChatModel):
+    def __init__(self, model_id: str, top_p: float = 1.0, price: Price | None = None, max_batch: int = 64,
+                 gpu_memory_utilization: float = 0.5, max_model_len: int = 4096, max_lora_rank: int = 64):
+        from agentdistill.models.local import resolve_checkpoint
+
+        name = model_id.removeprefix(PREFIX)
+        check_vllm(name)
+        from vllm import LLM
+
+        self.id, self.top_p = model_id, top_p
+        self.price = resolve_price(model_id, price)
+        self.base, adapter = split_adapter(resolve_checkpoint(name))
+        self.lora = None
+        if adapter is not None:
+            from vllm.lora.request import LoRARequest
+
+            self.lora = LoRARequest(adapter.name, 1, str(adapter))
+        self.llm = LLM(model=str(self.base), enable_lora=adapter is not None, max_lora_rank=max_lora_rank,
+                       gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len, seed=0)
+        self._lock = threading.Lock()
+        self._batcher = Batcher(self._generate, max_batch=max_batch)
+
+    def complete(self, messages: list[Message], n=1, temperature=0.0, max_tokens=256, stop=None) -> list[Completion]:
+        return self._batcher.submit(Request(messages, n, temperature, max_tokens, tuple(stop or ()), owner=self))
+
+    def _generate(self, requests: list[Request]) -> list[list[Completion]]:
+        from vllm import SamplingParams
+
+        params = [SamplingParams(n=r.n if r.temperature > 0 else 1, temperature=r.temperature,
+                                 top_p=self.top_p if r.temperature > 0 else 1.0, max_tokens=r.max_tokens,
+                                 stop=list(r.stop) or None) for r in requests]
+        with self._lock:
+            t0 = time.perf_counter()
+            outputs = self.llm.chat([r.messages for r in requests], params, use_tqdm=False, lora_request=self.lora)
+            latency = time.perf_counter() - t0
+        results = []
+        for r, out in zip(requests, outputs):
+            prompt = len(out.prompt_token_ids or [])
+            comps = [Completion(o.text, self.id, prompt, len(o.token_ids), 0.0, latency, o.finish_reason)
+                     for o in out.outputs]
+            while len(comps) < r.n:  # greedy: one decode, repeated
+                comps.append(Completion(comps[0].text, self.id, prompt, 0, 0.0, latency, comps[0].finish_reason))
+            share = self.price.cost(prompt, 0) / len(comps)
+            for c in comps:
+                c.cost = share + self.price.cost(0, c.completion_tokens)
+            results.append(comps)
+        return results
