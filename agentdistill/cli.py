@@ -601,6 +601,26 @@ def _build_dataset(store, base_model, out, filt, window, unit, max_length):
     return build_sft_dataset(store, tok, out, filt, window=window, unit=unit, max_length=max_length)
 
 
+@train_app.command("gguf")
+def train_gguf_cmd(
+    checkpoint: Annotated[str, typer.Argument(help="A checkpoint or LoRA adapter directory (local/... ids too).")],
+    out: Annotated[Path, typer.Option("--out", help="The .gguf file to write.")],
+    outtype: Annotated[str, typer.Option(help="f32 | f16 | bf16 | q8_0")] = "q8_0",
+) -> None:
+    """Export a trained student as one GGUF file, to serve with `llamacpp/<file.gguf>` or any llama.cpp server.
+
+    Example: agentdistill train gguf .agentdistill/checkpoints/default-sft-... --out sft.gguf
+    """
+    from agentdistill.models.gguf_export import OUTTYPES, export_gguf
+    from agentdistill.models.local import resolve_checkpoint
+
+    if outtype not in OUTTYPES:
+        raise AgentDistillError(f"--outtype {outtype}: use one of {', '.join(OUTTYPES)}")
+    path = resolve_checkpoint(checkpoint.removeprefix("local/"))
+    export_gguf(path, out, outtype)
+    console.print(f"{out} ({out.stat().st_size / 2**20:.0f} MiB, {outtype}): serve it as llamacpp/{out}")
+
+
 @train_app.command("data")
 def train_data(
     out: Annotated[Path, typer.Argument(help="Directory for the Hugging Face dataset.")],
