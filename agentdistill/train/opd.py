@@ -59,6 +59,7 @@ class OPDSpec:
     variations: int | None = 4
     iterations: int = 8
     episodes_per_iteration: int = 2
+    rollout_concurrency: int = 4  # an iteration's episodes played at once: their model calls are batched together
     max_steps: int = 12  # the student's step limit (the full horizon without a curriculum)
     history: int = 4
     max_tokens: int = 40
@@ -187,7 +188,7 @@ class OPDTrainer:
                 raise ConfigError(f"teacher {spec.teacher} and student {spec.student} must share a tokenizer "
                                   "for token-level distillation: pick a teacher of the same family")
         env = make(spec.env, **spec.env_options)
-        pool = EnvPool(lambda: make(spec.env, **spec.env_options), 1, env)
+        pool = EnvPool(lambda: make(spec.env, **spec.env_options), self._concurrency, env)
         run_id = store.create_run(f"train-{spec.method_name}", asdict(spec), kind="train")
         try:
             tasks = first_variations(env, spec.split, spec.tasks, spec.variations)
@@ -217,6 +218,10 @@ class OPDTrainer:
         finally:
             pool.close()
 
+    @property
+    def _concurrency(self) -> int:
+        return max(1, min(self.spec.rollout_concurrency, self.spec.episodes_per_iteration))
+
     def _rollout(self, n: int, batch: list[Task], policy, pool, run_id: str) -> tuple[list, int | None]:
         spec = self.spec
         k = spec.curriculum.window(n)
@@ -231,7 +236,7 @@ class OPDTrainer:
         plan = [EpisodeSpec(base + j, "student", t, spec.seed + n) for j, t in enumerate(batch)]
         self.model.eval()
         runner = Runner(self.store, run_id, {"student": acting}, {"student": max_steps})
-        asyncio.run(runner.run(plan, pool, 1, progress=False))
+        asyncio.run(runner.run(plan, pool, self._concurrency, progress=False))
         by_plan = self.store.episodes_by_plan(run_id)
         ids = [by_plan[s.plan_index].id for s in plan]
         return self.store.episodes(ids=ids, with_steps=True), k
