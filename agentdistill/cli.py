@@ -535,13 +535,19 @@ def serve(
 
     if not 0 <= threshold <= 1:
         raise AgentDistillError(f"--threshold {threshold}: use a share between 0 and 1")
-    keys = list(api_key or []) + [k.strip() for k in os.environ.get("AGENTDISTILL_SERVE_API_KEY", "").split(",")
-                                  if k.strip()]
+    keys = [k.strip() for k in list(api_key or []) + os.environ.get("AGENTDISTILL_SERVE_API_KEY", "").split(",")
+            if k.strip()]
     if any(len(k) < 16 for k in keys):
         raise AgentDistillError("--api-key: use keys of at least 16 characters (e.g. `openssl rand -hex 24`)")
     if not keys and not _loopback(host) and not insecure_no_auth:
         raise AgentDistillError(f"--host {host} is reachable beyond this machine: give --api-key (or "
                                 "AGENTDISTILL_SERVE_API_KEY), or --insecure-no-auth if it must be open")
+    from agentdistill.models.registry import IN_PROCESS
+
+    for name, model_id, base in (("student", student, student_api_base), ("teacher", teacher, teacher_api_base)):
+        if base and model_id.startswith(IN_PROCESS):
+            raise AgentDistillError(f"--{name}-api-base: {model_id} runs in this process; drop the option or "
+                                    "name the server's model as openai/<name>")
     opts = lambda base: {"api_base": base} if base else {}  # noqa: E731
     service = CascadeService(
         make_model(student, **opts(student_api_base)), make_model(teacher, **opts(teacher_api_base)),

@@ -161,6 +161,7 @@ class OPDStage(_Trained):
     k_max: int | None = Field(None, ge=1)
     iterations: int = Field(8, ge=1)
     episodes_per_iteration: int = Field(2, ge=1)
+    rollout_concurrency: int = Field(4, ge=1)  # an iteration's episodes played at once (batched model calls)
     temperature: float = Field(1.0, gt=0, le=2)
     max_steps: int | None = Field(None, ge=1)  # student turns per rollout; None: the student's eval step limit
 

@@ -66,16 +66,39 @@ class RedactingFilter(logging.Filter):
     """Log records are redacted before any handler formats them."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            record.msg = redact(record.getMessage())
-            record.args = ()
-        except Exception:  # a record that cannot be formatted is left to logging's own error path
-            pass
+        _redact_record(record)
         return True
 
 
+def _redact_record(record: logging.LogRecord) -> None:
+    try:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+    except Exception:  # a record that cannot be formatted is left to logging's own error path
+        pass
+
+
+_factory_installed = False
+_factory_lock = threading.Lock()
+
+
 def install_log_filter() -> None:
-    root = logging.getLogger()
-    for handler in root.handlers:
+    """Redact every log record of the process as it is created (ours and every library's, whatever handler
+    prints it, including handlers added later), and filter the root handlers present now."""
+    global _factory_installed
+    with _factory_lock:
+        if not _factory_installed:
+            previous = logging.getLogRecordFactory()
+
+            def factory(*args, **kwargs):
+                record = previous(*args, **kwargs)
+                _redact_record(record)
+                return record
+
+            logging.setLogRecordFactory(factory)
+            _factory_installed = True
+    for handler in logging.getLogger().handlers:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())

@@ -5,6 +5,7 @@ exports."""
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -107,6 +108,7 @@ def _stored_text(db: str) -> str:
 def test_a_key_given_under_any_name_never_reaches_the_store_logs_or_exports(tmp_path, monkeypatch, caplog):
     """The server echoes the key it received into its answers (outputs, thoughts, then later prompts)."""
     monkeypatch.setenv("MY_CREDS", KEY)  # a variable name that says nothing about secrets
+    caplog.set_level(logging.DEBUG)  # every log line, not only warnings
 
     def echo(body):
         return f"Thought: my key is {KEY}\nAction: look"

@@ -122,5 +122,11 @@ def test_api_keys_are_checked_on_every_request_and_bodies_are_bounded(teacher):
 def test_serve_refuses_to_bind_beyond_localhost_without_a_key():
     from tests.conftest import run_cli
 
-    p = run_cli("serve", "--student", "local/smollm2-135m", "--teacher", "openai/x", "--host", "0.0.0.0")
+    p = run_cli("serve", "--student", "local/smollm2-135m", "--teacher", "openai/x", "--host", "0.0.0.0",
+                env={"AGENTDISTILL_SERVE_API_KEY": ""})
     assert p.returncode == 2 and "--api-key" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    p = run_cli("serve", "--student", "local/smollm2-135m", "--teacher", "openai/x", "--api-key", "short")
+    assert p.returncode == 2 and "at least 16 characters" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    p = run_cli("serve", "--student", "llamacpp/smollm2-135m", "--student-api-base", "http://127.0.0.1:9/v1",
+                "--teacher", "openai/x")
+    assert p.returncode == 2 and "runs in this process" in p.stderr and "Traceback" not in p.stderr, p.stderr

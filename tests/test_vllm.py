@@ -54,7 +54,8 @@ def test_vllm_greedy_matches_itself_batched_samples_differ_and_a_scienceworld_ep
     alone = [model.complete(c, max_tokens=12)[0] for c in chats]
     with ThreadPoolExecutor(6) as pool:
         together = [r[0] for r in pool.map(lambda c: model.complete(c, max_tokens=12), chats)]
-    assert [a.text for a in alone] == [t.text for t in together]
+    # vLLM does not promise bit-identical greedy decoding across batch sizes: most answers must agree
+    assert sum(a.text == t.text for a, t in zip(alone, together)) >= 4
     assert all(0 < t.completion_tokens <= 12 and t.prompt_tokens > 0 for t in together)
     samples = model.complete(chats[0], n=4, temperature=1.0, max_tokens=16)
     assert len(samples) == 4 and len({s.text for s in samples}) > 1
@@ -77,10 +78,17 @@ def test_vllm_serves_a_lora_adapter_without_merging(tmp_path):
     from agentdistill.models.local import resolve_checkpoint
 
     base = resolve_checkpoint("smollm2-135m")
+    import torch
+
+    torch.manual_seed(0)
     peft_model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
-                                LoraConfig(r=8, target_modules=["q_proj", "v_proj"]))
+                                LoraConfig(r=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
     peft_model.save_pretrained(tmp_path / "adapter")
-    model = make_model(f"vllm/{tmp_path / 'adapter'}")
-    assert model.lora is not None and str(model.base) == str(base)
-    (c,) = model.complete([{"role": "user", "content": "Hello"}], max_tokens=8)
-    assert c.completion_tokens > 0
+    tuned, plain = make_model(f"vllm/{tmp_path / 'adapter'}"), make_model("vllm/smollm2-135m")
+    assert tuned.lora is not None and str(tuned.base) == str(base) and tuned.engine is plain.engine  # one engine
+    chats = [[{"role": "user", "content": f"Say something about the number {i}."}] for i in range(3)]
+    answers = [(tuned.complete(c, max_tokens=12)[0].text, plain.complete(c, max_tokens=12)[0].text) for c in chats]
+    assert any(a != b for a, b in answers)  # the adapter is applied, not ignored
+    # and it answers as the merged adapter does in transformers
+    local = make_model(f"local/{tmp_path / 'adapter'}", dtype="float32", batching=False)
+    assert sum(local.complete(c, max_tokens=12)[0].text == a for c, (a, _) in zip(chats, answers)) >= 2

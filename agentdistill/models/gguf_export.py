@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -33,9 +32,11 @@ def converter() -> Path:
         raise ConfigError("exporting GGUF uses llama.cpp's converter from llama-cpp-python: "
                           "pip install 'llama-cpp-python>=0.3'") from None
     home = cache_dir() / "llama.cpp" / version
-    if (home / "convert_hf_to_gguf.py").exists():
+    if (home / "COMPLETE").exists():
         return home
-    with tempfile.TemporaryDirectory() as tmp:
+    home.parent.mkdir(parents=True, exist_ok=True)
+    # staged beside its final place (same filesystem: the rename is atomic), marked complete last
+    with tempfile.TemporaryDirectory(dir=home.parent) as tmp:
         p = subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
                             f"llama-cpp-python=={version}", "-d", tmp], capture_output=True, text=True)
         archives = list(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
@@ -51,12 +52,12 @@ def converter() -> Path:
             for m in members:
                 m.name = m.name[len(prefix):]
             tar.extractall(staging, members=members, filter="data")
-        home.parent.mkdir(parents=True, exist_ok=True)
+        (staging / "COMPLETE").write_text(version)
         try:
-            staging.rename(home)  # atomic: a crash leaves no half converter
-        except OSError:
-            if not (home / "convert_hf_to_gguf.py").exists():  # not another process's copy: a real failure
-                shutil.move(str(staging), home)
+            staging.rename(home)
+        except OSError:  # another process finished first: its copy is as good
+            if not (home / "COMPLETE").exists():
+                raise ConfigError(f"{home} exists but is incomplete: remove it and export again") from None
     return home
 
 
@@ -68,21 +69,16 @@ def export_gguf(checkpoint: Path, out: Path, outtype: str = "q8_0") -> Path:
         raise ConfigError(f"{checkpoint} is not a checkpoint (no config.json or adapter_config.json)")
     if not out.parent.is_dir():
         raise ConfigError(f"{out.parent} does not exist: create it first")
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a directory: name the .gguf file to write")
     tool = converter()
     with tempfile.TemporaryDirectory() as tmp:
         source = checkpoint
         if (checkpoint / "adapter_config.json").exists():
-            from peft import AutoPeftModelForCausalLM
-            from transformers import AutoTokenizer
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
-
-            source = Path(tmp) / "merged"
-            AutoPeftModelForCausalLM.from_pretrained(checkpoint).merge_and_unload().save_pretrained(source)
-            AutoTokenizer.from_pretrained(checkpoint).save_pretrained(source)
+            source = _merged(checkpoint, Path(tmp) / "merged")
         partial = out.with_name(out.name + ".partial")
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tool / "gguf-py"), os.environ.get("PYTHONPATH", "")])}
+        paths = [str(tool / "gguf-py"), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}  # no empty entry: it would mean the cwd
         p = subprocess.run([sys.executable, str(tool / "convert_hf_to_gguf.py"), str(source), "--outfile",
                             str(partial), "--outtype", outtype], capture_output=True, text=True, env=env)
         if p.returncode:
@@ -90,4 +86,25 @@ def export_gguf(checkpoint: Path, out: Path, outtype: str = "q8_0") -> Path:
             last = (p.stderr.strip().splitlines() or ["no output"])[-1]
             raise ConfigError(f"llama.cpp's converter failed on {checkpoint}: {last}")
         partial.replace(out)
+    return out
+
+
+def _merged(adapter: Path, out: Path) -> Path:
+    """The adapter merged into its base, saved as a plain checkpoint (tokenizer from the adapter's
+    directory, else its base's)."""
+    import json
+
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    base = json.loads((adapter / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    try:
+        AutoPeftModelForCausalLM.from_pretrained(adapter).merge_and_unload().save_pretrained(out)
+        tok_source = adapter if (adapter / "tokenizer_config.json").exists() else base
+        AutoTokenizer.from_pretrained(tok_source).save_pretrained(out)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"cannot merge {adapter} into its base {base}: {first}") from None
     return out

@@ -47,7 +47,7 @@ class _Loaded:
     """One llama.cpp context per (file, context size), shared by every model object naming it. A context
     is not thread-safe: calls take its lock (concurrent episodes queue; llama.cpp uses every core)."""
 
-    _cache: dict[tuple[Path, int], _Loaded] = {}
+    _cache: dict[tuple[Path, int, int | None], _Loaded] = {}
     _cache_lock = threading.Lock()
 
     def __init__(self, path: Path, n_ctx: int, n_threads: int | None):
@@ -63,7 +63,7 @@ class _Loaded:
     @classmethod
     def get(cls, path: Path, n_ctx: int, n_threads: int | None) -> _Loaded:
         with cls._cache_lock:
-            key = (path.resolve(), n_ctx)
+            key = (path.resolve(), n_ctx, n_threads)
             if key not in cls._cache:
                 cls._cache[key] = cls(path, n_ctx, n_threads)
             return cls._cache[key]
@@ -92,9 +92,10 @@ class LlamaCppModel(ChatModel):
                 try:
                     r = self._loaded.llm.create_chat_completion(
                         messages=messages, max_tokens=max_tokens, temperature=temperature, top_p=self.top_p,
-                        stop=list(stop or []) or None, seed=self.seed + self._calls)
+                        stop=list(stop or []) or None, seed=self.seed + self._calls,
+                        top_k=0, min_p=0.0)  # llama.cpp's defaults (40, 0.05) would sample unlike other backends
                 except ValueError as e:  # e.g. the prompt does not fit the context: this episode's problem
-                    raise ModelError(f"{self.id}: {e} (raise n_ctx in the role's options)") from None
+                    raise ModelError(f"{self.id}: {e} (context: {self._loaded.llm.n_ctx()} tokens)") from None
                 usage, choice = r.get("usage") or {}, r["choices"][0]
                 out.append(Completion(choice["message"].get("content") or "", self.id,
                                       usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0),

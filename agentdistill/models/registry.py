@@ -56,25 +56,21 @@ def check_credentials(model_id: str, api_base: str | None = None, api_key_env: s
     if model_id.startswith(IN_PROCESS):
         return
     if api_key_env:
-        if not os.environ.get(api_key_env):
+        if not os.environ.get(api_key_env, "").strip():
             raise ConfigError(f"model {model_id}: api_key_env names {api_key_env}, which is not set: export it")
         return
     if api_base:
         return
     import litellm
 
-    # litellm counts a variable that is set but empty (`OPENAI_API_KEY=`) as a key: hide those while it looks
-    empty = {k: v for k, v in os.environ.items() if not v.strip()}
     try:
-        for k in empty:
-            del os.environ[k]
         env = litellm.validate_environment(model_id)
     except Exception:  # litellm cannot tell for this provider: let the first request say
         return
-    finally:
-        os.environ.update(empty)
-    if not env.get("keys_in_environment", True):
-        keys = " or ".join(env.get("missing_keys") or ["its API key"])
+    # litellm counts a variable that is set but empty (`OPENAI_API_KEY=`) as a key: we do not
+    empty = [k for k in env.get("checked_keys") or _provider_keys(model_id) if not os.environ.get(k, "x").strip()]
+    if not env.get("keys_in_environment", True) or empty:
+        keys = " or ".join(env.get("missing_keys") or empty or ["its API key"])
         raise ConfigError(f"model {model_id} needs credentials: set {keys} in the environment (or name another "
                           "variable with api_key_env, or give api_base for your own server)")
 
@@ -101,3 +97,10 @@ def make_model(model_id: str, **options: Any) -> ChatModel:
 
             _instances[key] = LiteLLMModel(model_id, **options)
     return _instances[key]
+
+
+def _provider_keys(model_id: str) -> list[str]:
+    """The usual key variables of a litellm provider (`openai/...` -> OPENAI_API_KEY): set but empty counts
+    as missing."""
+    provider = model_id.split("/", 1)[0].upper().replace("-", "_")
+    return [f"{provider}_API_KEY"]

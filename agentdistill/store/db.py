@@ -61,6 +61,16 @@ def describe(url: str) -> str:
 
 
 def make_engine(url: str) -> Engine:
+    try:
+        return _make_engine(url)
+    except ModuleNotFoundError as e:
+        raise ConfigError(f"database driver missing ({e.name}): pip install 'agentdistill[postgres]'") from e
+    except NoSuchModuleError:  # `notadialect://...`, `sqlite+nosuch://...`
+        raise ConfigError(f"bad database URL: no database kind {url.split('://')[0]!r}; use a file path or e.g. "
+                          "postgresql://user@host/db") from None
+
+
+def _make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
 
@@ -73,13 +83,7 @@ def make_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    try:
-        return create_engine(url, pool_pre_ping=True)
-    except ModuleNotFoundError as e:
-        raise ConfigError(f"database driver missing ({e.name}): pip install 'agentdistill[postgres]'") from e
-    except NoSuchModuleError as e:  # `notadialect://...`
-        raise ConfigError(f"bad database URL: no database kind {url.split('://')[0]!r}; use a file path or e.g. "
-                          "postgresql://user@host/db") from None
+    return create_engine(url, pool_pre_ping=True)
 
 
 def alembic_config(engine: Engine) -> Config:
