@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": str}
+IN_PROCESS = ("local/", "llamacpp/", "vllm/")  # model id prefixes answered in this process: no server, no key
 
 
 @dataclass
@@ -41,6 +42,21 @@ def call_record(
         "cost": sum(c.cost for c in completions),
         "latency": completions[0].latency if completions else 0.0,
     }
+
+
+def fill_samples(completions: list[Completion], n: int, price, latency: float | None = None) -> list[Completion]:
+    """A call's samples, finished: greedy ones decoded once are repeated up to n (their output tokens
+    counted once), the prompt's cost shared across the samples and each sample's own output added."""
+    head = completions[0]
+    while len(completions) < n:
+        completions.append(Completion(head.text, head.model, head.prompt_tokens, 0, 0.0, head.latency,
+                                      head.finish_reason))
+    share = price.cost(head.prompt_tokens, 0) / len(completions)
+    for c in completions:
+        c.cost = share + price.cost(0, c.completion_tokens)
+        if latency is not None:
+            c.latency = latency
+    return completions
 
 
 class ChatModel(ABC):

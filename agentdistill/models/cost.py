@@ -34,7 +34,9 @@ def litellm_price(model_id: str) -> Price | None:
 def resolve_price(model_id: str, configured: Price | None) -> Price:
     if configured is not None:
         return configured
-    if not model_id.startswith(("local/", "llamacpp/", "vllm/")):  # in-process models: free unless priced
+    from agentdistill.models.base import IN_PROCESS
+
+    if not model_id.startswith(IN_PROCESS):  # in-process models: free unless priced
         price = litellm_price(model_id)
         if price is not None:
             return price

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from agentdistill.errors import ConfigError, ModelError
-from agentdistill.models.base import ChatModel, Completion, Message
+from agentdistill.models.base import ChatModel, Completion, Message, fill_samples
 from agentdistill.models.cost import Price, resolve_price
 
 PREFIX = "llamacpp/"
@@ -101,10 +101,4 @@ class LlamaCppModel(ChatModel):
                                       usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0),
                                       0.0, 0.0, choice.get("finish_reason")))
             latency = time.perf_counter() - t0
-        while len(out) < n:
-            head = out[0]
-            out.append(Completion(head.text, self.id, head.prompt_tokens, 0, 0.0, 0.0, head.finish_reason))
-        share = self.price.cost(out[0].prompt_tokens, 0) / len(out)  # the prompt is paid once per call
-        for c in out:
-            c.latency, c.cost = latency, share + self.price.cost(0, c.completion_tokens)
-        return out
+        return fill_samples(out, n, self.price, latency)

@@ -7,12 +7,11 @@ import os
 from typing import Any
 
 from agentdistill.errors import ConfigError
-from agentdistill.models.base import ChatModel
+from agentdistill.models.base import IN_PROCESS, ChatModel
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 _instances: dict[tuple[str, str], ChatModel] = {}
-IN_PROCESS = ("local/", "llamacpp/", "vllm/")  # model id prefixes answered in this process: no server, no key
 
 
 def check_model_id(model_id: str, api_base: str | None = None) -> None:

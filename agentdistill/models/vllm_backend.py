@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from agentdistill.errors import ConfigError, ModelError
-from agentdistill.models.base import ChatModel, Completion, Message
+from agentdistill.models.base import ChatModel, Completion, Message, fill_samples
 from agentdistill.models.batching import Batcher, Request
 from agentdistill.models.cost import Price, resolve_price
 
@@ -141,9 +141,4 @@ class VLLMModel(ChatModel):
         prompt = len(out.prompt_token_ids or [])
         comps = [Completion(o.text, self.id, prompt, len(o.token_ids), 0.0, latency, o.finish_reason)
                  for o in out.outputs]
-        while len(comps) < r.n:  # greedy: one decode, repeated
-            comps.append(Completion(comps[0].text, self.id, prompt, 0, 0.0, latency, comps[0].finish_reason))
-        share = self.price.cost(prompt, 0) / len(comps)
-        for c in comps:
-            c.cost = share + self.price.cost(0, c.completion_tokens)
-        return comps
+        return fill_samples(comps, r.n, self.price)
