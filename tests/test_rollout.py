@@ -171,5 +171,11 @@ def test_resume_continues_an_interrupted_episode_by_replaying_its_steps(tmp_path
     assert [st.idx for st in steps] == list(range(len(steps)))
     if corrupt:  # a history the env cannot reproduce is discarded and the episode redone from its start
         assert steps[0].next_observation != "???"
-    else:  # replayed steps are kept as stored and the episode goes on from there
-        assert [st.id for st in steps[:3]] == kept_ids and [st.action for st in steps] == full
+    else:  # replayed steps are kept as stored and the episode goes on from there, on the gold path
+        assert [st.id for st in steps[:3]] == kept_ids
+        again_actions = [st.action for st in steps]
+        # ScienceWorld registers a closed circuit on the step that closes it or one tick later (measured:
+        # 1 run in 6 finishes a step early), so one run may need the gold path's final `wait1` and the
+        # other not: both must walk the same gold path, at most one step apart.
+        n = min(len(full), len(again_actions))
+        assert again_actions[:n] == full[:n] and abs(len(full) - len(again_actions)) <= 1, (full, again_actions)
