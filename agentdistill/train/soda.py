@@ -114,8 +114,8 @@ def build_preference_dataset(store: Store, episode_ids: list[int], out: Path, sp
     rows, stats = preference_rows(store, episode_ids, spec)
     kept = []
     for r in rows:  # never truncate: a cut chat trains on a prompt the policy never sees
-        n = len(tokenizer.apply_chat_template(r["prompt"] + r["chosen"], tokenize=True))
-        m = len(tokenizer.apply_chat_template(r["prompt"] + r["rejected"], tokenize=True))
+        n = len(tokenizer.apply_chat_template(r["prompt"] + r["chosen"], tokenize=True, return_dict=False))
+        m = len(tokenizer.apply_chat_template(r["prompt"] + r["rejected"], tokenize=True, return_dict=False))
         if max(n, m) <= spec.max_length:
             kept.append(r)
     stats["dropped_long"] = len(rows) - len(kept)
@@ -164,7 +164,9 @@ def train_soda(store: Store, episode_ids: list[int], out: str | Path, spec: SODA
         output_dir=str(out.with_name(out.name + ".trainer")), num_train_epochs=spec.epochs, max_steps=spec.max_steps,
         learning_rate=spec.learning_rate, per_device_train_batch_size=spec.batch_size, beta=spec.beta,
         loss_type=losses, loss_weights=[1.0, spec.sft_weight] if spec.sft_weight else None,
-        max_length=spec.max_length, seed=spec.seed, logging_steps=1, save_strategy="no", report_to=[],
+        max_length=spec.max_length, seed=spec.seed,
+        # the reference (adapter-off) log-probs once, before training: one forward less per step and epoch
+        precompute_ref_log_probs=True, precompute_ref_batch_size=max(8, 2 * spec.batch_size), logging_steps=1, save_strategy="no", report_to=[],
         disable_tqdm=True, gradient_checkpointing=False, **hw.trainer_args())
     score_only_labelled_tokens()
     trainer = DPOTrainer(model=model, args=args, train_dataset=train, processing_class=tok)
