@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -86,6 +87,37 @@ def _close_quietly(env: Env) -> None:
         log.debug("closing a retired env failed: %s", e)
 
 
+class Executor(ABC):
+    """Where a plan's attempts are played. The Runner owns the plan, the attempts and their records; an
+    executor supplies an env and plays one attempt on it (`Runner.play`). An attempt it loses (it raises)
+    is recorded by the Runner as an error and retried like any other."""
+
+    @abstractmethod
+    async def play(self, runner: Runner, spec: EpisodeSpec, episode_id: int, attempt: int) -> str: ...
+
+    def close(self) -> None:  # noqa: B027 - optional
+        pass
+
+
+class LocalExecutor(Executor):
+    """Attempts played in this process, on env instances from an EnvPool."""
+
+    def __init__(self, pool: EnvPool):
+        self.pool = pool
+
+    async def play(self, runner: Runner, spec: EpisodeSpec, episode_id: int, attempt: int) -> str:
+        env = await self.pool.acquire()  # a failed start is the attempt's error (the Runner records it)
+        broken = True
+        try:
+            status, broken = await runner.play(spec, env, episode_id, attempt)
+            return status
+        finally:
+            self.pool.release(env, broken=broken)
+
+    def close(self) -> None:
+        self.pool.close()
+
+
 class Runner:
     def __init__(self, store: Store, run_id: str, policies: dict[str, Policy], max_steps: dict[str, int],
                  max_attempts: int = 1):
@@ -100,7 +132,11 @@ class Runner:
         return prior is None or prior.status == "running" or (
             prior.status == "error" and prior.attempt + 1 < self.max_attempts)
 
-    async def run(self, plan: list[EpisodeSpec], pool: EnvPool, concurrency: int, progress: bool = True) -> None:
+    async def run(self, plan: list[EpisodeSpec], pool: EnvPool | Executor, concurrency: int,
+                  progress: bool = True) -> None:
+        """Play the plan's pending entries, `concurrency` at once, on `pool` (an EnvPool: in this process)
+        or another executor (e.g. Ray actors across a cluster): the same plan, retries and resume either way."""
+        executor = pool if isinstance(pool, Executor) else LocalExecutor(pool)
         # env calls and local-model calls run in worker threads: one per concurrent episode, or the
         # default pool (cores + 4) would quietly cap concurrency
         asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=concurrency + 4))
@@ -124,7 +160,7 @@ class Runner:
                     if prior is not None and prior.status == "error":
                         attempt += 1  # a retry of an attempt that errored before (e.g. before a crash)
                     while True:
-                        status = await self._episode(spec, pool, episode_id, attempt)
+                        status = await self._attempt(spec, executor, episode_id, attempt)
                         if status != "error" or attempt + 1 >= self.max_attempts:
                             break
                         attempt, episode_id = attempt + 1, None  # the errored attempt stays as it is
@@ -132,29 +168,54 @@ class Runner:
 
             await asyncio.gather(*(one(s) for s in todo))
 
-    async def _episode(self, spec: EpisodeSpec, pool: EnvPool, episode_id: int | None, attempt: int = 0) -> str:
-        """Play one attempt of a plan entry; returns its final status (done or error)."""
+    def open_episode(self, spec: EpisodeSpec, attempt: int) -> int:
+        """The episode row of a new attempt (status running), before anything is played."""
+        policy, task = self.policies[spec.role], spec.task
+        return self.store.start_episode(
+            self.run_id,
+            spec.plan_index,
+            self.store.task_id(task.env, task.name, task.variation, task.split),
+            attempt=attempt,
+            role=spec.role,
+            policy_id=policy.id,
+            model=policy.model_id,
+            sampling=policy.sampling,
+            seed=spec.seed,
+            skill_version_id=getattr(policy, "skill_version_id", None),
+        )
+
+    async def _attempt(self, spec: EpisodeSpec, executor: Executor, episode_id: int | None, attempt: int) -> str:
+        """One attempt of a plan entry on the executor; returns its final status (done or error). An attempt
+        the executor loses (its env's process or node died, so it could not record the end itself) is
+        recorded here as an error; what it had stored stays."""
+        t0 = time.perf_counter()
+        if episode_id is None:
+            episode_id = self.open_episode(spec, attempt)
+        try:
+            return await executor.play(self, spec, episode_id, attempt)
+        except Exception as e:
+            log.warning("episode %s (%s) attempt %d failed: %s", spec.plan_index, spec.task.key, attempt + 1,
+                        redact(str(e))[:300])
+            (ep,) = self.store.episodes(ids=[episode_id], attempts="all", with_calls=False)
+            if ep.status != "running":  # it did record its end before the reply was lost
+                return ep.status
+            self.store.finish_episode(
+                episode_id,
+                status="error",
+                success=False,
+                error=redact(f"{type(e).__name__}: {e}")[:4000],
+                wall_time=time.perf_counter() - t0,
+            )
+            return "error"
+
+    async def play(self, spec: EpisodeSpec, env: Env, episode_id: int, attempt: int = 0) -> tuple[str, bool]:
+        """Play one attempt of a plan entry on `env` (replaying its stored steps first, if any), committing
+        each step before the next action; records its end. Returns (status, whether the env is broken)."""
         policy = self.policies[spec.role]
-        broken = False
-        env = None
         t0 = time.perf_counter()
         task = spec.task
-        if episode_id is None:
-            episode_id = self.store.start_episode(
-                self.run_id,
-                spec.plan_index,
-                self.store.task_id(task.env, task.name, task.variation, task.split),
-                attempt=attempt,
-                role=spec.role,
-                policy_id=policy.id,
-                model=policy.model_id,
-                sampling=policy.sampling,
-                seed=spec.seed,
-                skill_version_id=getattr(policy, "skill_version_id", None),
-            )
         last_info: dict[str, Any] = {}
         try:
-            env = await pool.acquire()
             obs = await asyncio.to_thread(env.reset, task, spec.seed)
             self.store.task_id(task.env, task.name, task.variation, task.split, goal=obs.goal)
             history, current, done, last_info = await self._replay(env, task, spec.seed, episode_id, obs.text)
@@ -195,11 +256,10 @@ class Runner:
                 score=last_info.get("score"),
                 wall_time=time.perf_counter() - t0,
             )
-            return "done"
+            return "done", False
         except Exception as e:  # recorded, and the run goes on
             # a model error leaves the env healthy; anything else may have come from the env (a dead JVM
             # fails in reset, step, admissible_actions or the expert): retire it rather than reuse it
-            broken = not isinstance(e, ModelError)
             log.warning("episode %s (%s) attempt %d failed: %s", spec.plan_index, task.key, attempt + 1,
                         redact(str(e))[:300])
             self.store.finish_episode(
@@ -209,10 +269,7 @@ class Runner:
                 error=redact(f"{type(e).__name__}: {e}")[:4000],
                 wall_time=time.perf_counter() - t0,
             )
-            return "error"
-        finally:
-            if env is not None:
-                pool.release(env, broken=broken)
+            return "error", not isinstance(e, ModelError)
 
     async def _replay(self, env: Env, task: Task, seed: int, episode_id: int, first_obs: str):
         """Bring an interrupted episode's env back to its last stored step.
