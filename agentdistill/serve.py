@@ -101,13 +101,61 @@ class ChatRequest(BaseModel):
 MAX_REQUEST_BYTES = 1 << 20  # a chat of agent turns is kilobytes; bound what a client can make us parse and send on
 
 
+class _Guard:
+    """ASGI middleware in front of every route: the API key first (401, before anything is read or any
+    model asked), then the body bounded (413) whether it comes with a Content-Length or chunked. The
+    body is read here, at most max_request_bytes + one chunk, and replayed to the app."""
+
+    def __init__(self, app, keys: list[bytes], max_request_bytes: int):
+        self.app, self.keys, self.limit = app, keys, max_request_bytes
+
+    async def __call__(self, scope, receive, send):
+        import hmac
+
+        from starlette.responses import JSONResponse
+
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.keys:
+            auth = headers.get("authorization", "")
+            given = auth[7:].strip().encode() if auth.lower().startswith("bearer ") else b""
+            if not any(hmac.compare_digest(given, k) for k in self.keys):
+                return await JSONResponse(
+                    {"error": {"message": "missing or wrong API key: send Authorization: Bearer <key>",
+                               "type": "invalid_request_error", "code": "invalid_api_key"}},
+                    status_code=401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        too_big = JSONResponse({"error": {"message": f"request body over {self.limit} bytes",
+                                          "type": "invalid_request_error"}}, status_code=413)
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit):
+            return await too_big(scope, receive, send)
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            if len(body) > self.limit:
+                return await too_big(scope, receive, send)
+            more = message.get("more_body", False)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: disconnect notices
+
+        await self.app(scope, replay, send)
+
+
 def create_app(service: CascadeService, api_keys: list[str] | None = None, max_request_bytes: int = MAX_REQUEST_BYTES):
     """The FastAPI app. With `api_keys`, every request must carry one (`Authorization: Bearer <key>`, as
     OpenAI clients send it; compared in constant time), else 401: whoever reaches the server would spend
     the teacher's API budget."""
-    import hmac
-
-    from fastapi import FastAPI, HTTPException, Request
+    from fastapi import FastAPI, HTTPException
     from fastapi.responses import JSONResponse
 
     from agentdistill.secrets import register
@@ -116,30 +164,7 @@ def create_app(service: CascadeService, api_keys: list[str] | None = None, max_r
     for k in api_keys or []:
         register(k)
     app = FastAPI(title="agentdistill cascade")
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if keys:
-            auth = request.headers.get("authorization", "")
-            given = auth[7:].strip().encode() if auth.lower().startswith("bearer ") else b""
-            if not any(hmac.compare_digest(given, k) for k in keys):
-                return JSONResponse({"error": {"message": "missing or wrong API key: send Authorization: Bearer "
-                                                          "<key>", "type": "invalid_request_error",
-                                               "code": "invalid_api_key"}}, status_code=401,
-                                    headers={"WWW-Authenticate": "Bearer"})
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_request_bytes):
-            return JSONResponse({"error": {"message": f"request body over {max_request_bytes} bytes",
-                                           "type": "invalid_request_error"}}, status_code=413)
-        if request.method == "POST" and length is None:  # chunked bodies: read, bounded
-            body = b""
-            async for chunk in request.stream():
-                body += chunk
-                if len(body) > max_request_bytes:
-                    return JSONResponse({"error": {"message": f"request body over {max_request_bytes} bytes",
-                                                   "type": "invalid_request_error"}}, status_code=413)
-            request._body = body
-        return await call_next(request)
+    app.add_middleware(_Guard, keys=keys, max_request_bytes=max_request_bytes)
 
     @app.get("/v1/models")
     async def models():

@@ -1,6 +1,7 @@
 """The OpenAI-compatible cascade server, answered by the real SmolLM2 student with retrieved demos and
 a teacher behind litellm (the stand-in OpenAI server), called with the `openai` client and litellm."""
 
+import json
 import threading
 import time
 
@@ -114,6 +115,17 @@ def test_api_keys_are_checked_on_every_request_and_bodies_are_bounded(teacher):
             big = [{"role": "user", "content": "x" * 10_000}]
             r = httpx.post(f"{base}/chat/completions", json={"messages": big}, headers={"Authorization": f"Bearer {key}"})
             assert r.status_code == 413
+            # chunked bodies (no Content-Length) are bounded too, and a small chunked one is answered
+            auth = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+
+            def chunks(payload: bytes, size: int = 512):
+                yield from (payload[i:i + size] for i in range(0, len(payload), size))
+
+            r = httpx.post(f"{base}/chat/completions", content=chunks(json.dumps({"messages": big}).encode()), headers=auth)
+            assert r.status_code == 413 and "request body over 4096 bytes" in r.text
+            r = httpx.post(f"{base}/chat/completions", content=chunks(json.dumps({"messages": MESSAGES}).encode()),
+                           headers=auth)
+            assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "Action: look around"
         finally:
             server.should_exit = True
             thread.join(timeout=10)

@@ -19,7 +19,7 @@ from typing import Any
 from filelock import FileLock
 
 from agentdistill.errors import ConfigError
-from agentdistill.models.base import ChatModel, Completion, Message
+from agentdistill.models.base import ChatModel, Completion, Message, fill_samples
 from agentdistill.models.batching import Batcher, Request
 from agentdistill.models.cost import Price, resolve_price
 from agentdistill.paths import cache_dir
@@ -234,14 +234,7 @@ class LocalModel(ChatModel):
         for r, prompt, c in zip(requests, prompts, copies):
             completions = [self._completion(out[row + j, width:], r, len(prompt), latency) for j in range(c)]
             row += c
-            if not sample and r.n > 1:
-                head = completions[0]
-                completions += [Completion(head.text, self.id, len(prompt), 0, 0.0, latency, head.finish_reason)
-                                for _ in range(r.n - 1)]
-            share = self.price.cost(len(prompt), 0) / len(completions)
-            for comp in completions:
-                comp.cost = share + self.price.cost(0, comp.completion_tokens)
-            results.append(completions)
+            results.append(fill_samples(completions, r.n, self.price))
         return results
 
     def _completion(self, new, request: Request, prompt_len: int, latency: float) -> Completion:
