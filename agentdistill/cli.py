@@ -73,20 +73,25 @@ def main(verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debu
 
 
 def _print_summary(store, run_id: str) -> None:
+    from agentdistill.report.efficiency import fmt_ratio, run_efficiency
     from agentdistill.report.summary import summarize
 
     run = store.get_run(run_id)
     elapsed = f" in {(run.finished_at - run.created_at).total_seconds():.0f} s" if run.finished_at else ""
     table = Table(
         title=f"run {run.id} ({run.name}): {run.status}{elapsed}",
-        caption="eps: episodes, err: errors; score, steps: means; tokens, cost, wall s: sums",
+        caption="eps: episodes, err: errors; score, steps: means; tokens, cost, wall s: sums; repeat: repeated actions, "
+                "overhead: steps / the teacher's on the same task, cache: cached prompt tokens (README: efficiency)",
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         collapse_padding=True,
     )
-    for col in ("role", "eps", "err", "success", "score", "steps", "tok in", "tok out", "cost $", "wall s"):
+    for col in ("role", "eps", "err", "success", "score", "steps", "tok in", "tok out", "cost $", "wall s", "repeat",
+                "overhead", "cache"):
         table.add_column(col, justify="left" if col == "role" else "right", no_wrap=True)
+    efficiency = run_efficiency(store, run.id)
     for s in summarize(store.episodes(run_id=run.id)):
+        eff = efficiency.get(s.role)
         table.add_row(
             s.role,
             str(s.episodes),
@@ -98,8 +103,11 @@ def _print_summary(store, run_id: str) -> None:
             str(s.completion_tokens),
             f"{s.cost:.4f}",
             f"{s.wall_time:.1f}",
+            fmt_ratio(eff.repetition_rate if eff else None, percent=True),
+            fmt_ratio(eff.step_overhead if eff else None),
+            fmt_ratio(eff.cache_utilization if eff else None, percent=True),
         )
-    console.print(table)
+    (console if console.is_terminal else Console(width=200)).print(table)  # a pipe has no width to fit
 
 
 @app.command()
@@ -300,8 +308,8 @@ def db_stats(db: DbOpt = None) -> None:
 
 @db_app.command("export")
 def db_export(
-    out: Annotated[Path, typer.Argument(help="Output: a .jsonl file, or a directory for --format hf.")],
-    format: Annotated[str, typer.Option("--format", help="jsonl or hf (Hugging Face datasets save_to_disk).")] = "jsonl",
+    out: Annotated[Path, typer.Argument(help="Output: a .jsonl file, or a directory for --format hf or parquet.")],
+    format: Annotated[str, typer.Option("--format", help="jsonl, hf (Hugging Face datasets save_to_disk) or parquet (runs, episodes, steps, model_calls tables).")] = "jsonl",
     run_id: Annotated[Optional[str], typer.Option("--run", help="Only this run.")] = None,
     role: Annotated[Optional[str], typer.Option(help="Only teacher or student episodes.")] = None,
     status: Annotated[str, typer.Option(help="Episode status to export (done, error, any).")] = "done",
@@ -310,10 +318,17 @@ def db_export(
     """Export episodes with their steps.  Example: agentdistill db export teacher.jsonl --role teacher"""
     from agentdistill.store.export import export_hf, export_jsonl
 
-    if format not in ("jsonl", "hf"):
-        raise AgentDistillError(f"--format {format!r}: use jsonl or hf")
+    if format not in ("jsonl", "hf", "parquet"):
+        raise AgentDistillError(f"--format {format!r}: use jsonl, hf or parquet")
     store = _store(db, create=False)
     run_id = store.get_run(run_id).id if run_id else None
+    if format == "parquet":
+        from agentdistill.frames import to_parquet
+
+        counts = to_parquet(store, out, run_id=run_id, role=role, status=None if status == "any" else status)
+        console.print(f"exported {counts['episodes']} episodes ({counts['steps']} steps, {counts['model_calls']} model "
+                      f"calls, {counts['runs']} runs) to {out}/", highlight=False)
+        return
     fn = export_jsonl if format == "jsonl" else export_hf
     n = fn(store, out, run_id=run_id, role=role, status=None if status == "any" else status)
     console.print(f"exported {n} episodes to {out}")
@@ -556,6 +571,38 @@ def serve(
     console.print(f"cascade {student} -> {teacher} on http://{host}:{port}/v1 (model name: agentdistill-cascade; "
                   f"{'API key required' if keys else 'no API key'})")
     uvicorn.run(create_app(service, api_keys=keys), host=host, port=port, log_level="warning")
+
+
+@app.command()
+def view(
+    db: DbOpt = None,
+    port: Annotated[int, typer.Option(help="Port.")] = 8765,
+    host: Annotated[str, typer.Option(help="Bind address; beyond localhost needs --expose.")] = "127.0.0.1",
+    expose: Annotated[bool, typer.Option("--expose", help="Allow binding beyond localhost (anyone who reaches it reads every trajectory).")] = False,
+) -> None:
+    """Browse the store in a web browser, read-only: runs, episode transcripts, skills, evaluations, checkpoints, datasets.
+
+    Example: agentdistill view --db agentdistill.db --port 8765
+    """
+    import socket
+
+    if not 1 <= port <= 65535:
+        raise AgentDistillError(f"--port {port}: use a port between 1 and 65535")
+    if not _loopback(host) and not expose:
+        raise AgentDistillError(f"--host {host} is reachable beyond this machine: add --expose if every trajectory in "
+                                "the store may be read from there")
+    store = _store(db, create=False)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise AgentDistillError(f"cannot listen on {host}:{port} ({e.strerror or e}): choose another --port") from None
+    import uvicorn
+
+    from agentdistill.view.app import create_app
+
+    console.print(f"agentdistill view on http://{host}:{port}/ (read-only; Ctrl-C to stop)", highlight=False)
+    uvicorn.run(create_app(store), host=host, port=port, log_level="warning")
 
 
 def _loopback(host: str) -> bool:

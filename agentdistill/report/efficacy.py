@@ -2,7 +2,8 @@
 by how much, and at what cost.
 
 Per arm: episodes, success with a bootstrap 95% interval, mean score and steps, tokens, cost per
-episode, wall time, the share of steps the teacher answered (cascades), and the paired difference in
+episode, wall time, the share of steps the teacher answered (cascades), the efficiency metrics of
+report.efficiency (repeated actions, step overhead, prompt cache), and the paired difference in
 success to the base student with its own bootstrap interval: every arm plays the same held-out
 (task, variation, seed) triples, so the difference is taken per triple and the triples resampled.
 An arm "beats base" only when that interval lies above 0. The cost of getting there sits beside it:
@@ -17,6 +18,7 @@ import math
 from typing import Any
 
 from agentdistill.errors import AgentDistillError
+from agentdistill.report.efficiency import fmt_ratio, pooled, run_efficiency
 from agentdistill.report.stats import bootstrap_ci
 from agentdistill.store.models import Checkpoint, Evaluation
 from agentdistill.store.store import Store
@@ -158,6 +160,7 @@ def _arm_row(store: Store, arm: str, run_id: str, eps: dict[tuple, dict[str, Any
         "cost": sum(v["cost"] for v in values),
         "cost_per_episode": sum(v["cost"] for v in values) / n if n else 0.0,
         "teacher_step_share": sum(v["teacher_steps"] for v in values) / steps if steps else 0.0,
+        "efficiency": pooled(run_efficiency(store, run_id).values()).as_dict(),
         "wall_s": wall,
         "outcomes": values,
     }
@@ -194,7 +197,16 @@ def pct(ci: list[float] | None, signed: bool = False) -> str:
 
 
 COLUMNS = ("arm", "eps", "success [95% CI]", "vs base [95% CI]", "verdict", "score", "steps", "tok in", "tok out",
-           "$/episode", "teacher steps", "train s", "wall s")
+           "$/episode", "teacher steps", "repeat", "overhead", "cache", "train s", "wall s")
+
+
+def _efficiency_cells(arm: dict[str, Any]) -> tuple[str, str, str]:
+    """The PANDO columns (report.efficiency); "-" for a table stored before they existed."""
+    eff = arm.get("efficiency")
+    if eff is None:
+        return "-", "-", "-"
+    return (fmt_ratio(eff.get("action_repetition_rate"), percent=True), fmt_ratio(eff.get("step_overhead_ratio")),
+            fmt_ratio(eff.get("prompt_cache_utilization"), percent=True))
 
 
 def rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
@@ -206,7 +218,7 @@ def rows(report: dict[str, Any]) -> list[tuple[str, ...]]:
             a["verdict"] if a["arm"] != report["base"] else "",
             "-" if a["score"] is None else f"{a['score']:.1f}", f"{a['steps']:.1f}", str(a["prompt_tokens"]),
             str(a["completion_tokens"]), f"{a['cost_per_episode']:.5f}", f"{a['teacher_step_share']:.0%}",
-            f"{a['train_s']:.0f}" if a["uses"] else "-", f"{a['wall_s']:.0f}"))
+            *_efficiency_cells(a), f"{a['train_s']:.0f}" if a["uses"] else "-", f"{a['wall_s']:.0f}"))
     return out
 
 
