@@ -103,6 +103,18 @@ class RunnerSpec(_Strict):
     max_attempts: int = Field(2, ge=1, le=10)  # an errored episode is retried up to this many attempts in all
     # the run fails (exit code 1) when more than this share of its episodes still end in error
     fail_on_error: float = Field(0.0, ge=0, le=1)
+    # where episodes are played: "local" (this process) or "ray" (env instances in Ray actors across a cluster)
+    executor: Literal["local", "ray"] = "local"
+    address: str | None = None  # ray: the cluster ("host:6379", "ray://host:10001"); None: RAY_ADDRESS, else a local one
+    cpus_per_episode: float = Field(1.0, ge=0)  # ray: CPUs each env actor reserves (a ScienceWorld JVM: 1)
+    gpus_per_episode: float = Field(0.0, ge=0)  # ray: e.g. 1 for a local/... student on GPU nodes
+    resources: dict[str, float] = {}  # ray: custom resources per env actor, e.g. { scienceworld = 1 }
+
+    @model_validator(mode="after")
+    def _ray_options_need_ray(self) -> RunnerSpec:
+        if self.executor == "local" and (self.address or self.resources or self.gpus_per_episode):
+            raise ValueError('address, gpus_per_episode and resources are for executor = "ray": set it or remove them')
+        return self
 
 
 # ---- pipeline stages (collect -> distill -> eval -> report) ----------------------------------------

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from agentdistill.agents.cascade import CascadePolicy
 from agentdistill.agents.policies import ExpertPolicy, LLMPolicy, Policy
 from agentdistill.distill.icd import DemoIndex, Retrieval
-from agentdistill.agents.runner import EnvPool, EpisodeSpec, Runner, make_plan
+from agentdistill.agents.runner import EnvPool, EpisodeSpec, Executor, LocalExecutor, Runner, make_plan
 from agentdistill.config import PolicySpec, Recipe, parse_recipe
 from agentdistill.envs import Env, Task, make
 from agentdistill.errors import AgentDistillError, EnvNotReady, RunFailed
@@ -131,6 +131,7 @@ def run_recipe(store: Store, recipe: Recipe, *, progress: bool = True, kind: str
     an instance from `open_env`, already checked (else one is started here)."""
     env = env or open_env(recipe)  # fail before creating a run
     try:
+        cluster = connect_executor(store, recipe)  # a bad cluster or a store it cannot share: before the run exists
         policies = {role: build_policy(spec, store, recipe.env.name) for role, spec in recipe.roles().items()}
         run_id = store.create_run(recipe.name, recipe.model_dump(mode="json"), kind=kind)
         if on_start:
@@ -138,7 +139,7 @@ def run_recipe(store: Store, recipe: Recipe, *, progress: bool = True, kind: str
     except BaseException:
         env.close()
         raise
-    _execute(store, run_id, recipe, policies, progress, env)
+    _execute(store, run_id, recipe, policies, progress, env, cluster)
     return run_id
 
 
@@ -149,28 +150,53 @@ def resume_run(store: Store, run_id: str, *, progress: bool = True) -> str:
     recipe = parse_recipe(run.recipe, f"recipe stored with run {run.id}")
     env = open_env(recipe)
     try:
+        cluster = connect_executor(store, recipe)
         policies = {role: build_policy(spec, store, recipe.env.name) for role, spec in recipe.roles().items()}
     except BaseException:
         env.close()
         raise
     store.set_run_status(run.id, "running")
-    _execute(store, run.id, recipe, policies, progress, env)
+    _execute(store, run.id, recipe, policies, progress, env, cluster)
     return run.id
 
 
+def connect_executor(store: Store, recipe: Recipe):
+    """None for the local executor; for "ray", a checked connection to the cluster (one line on an unreachable
+    address, missing resources, or a SQLite store shared with other machines)."""
+    if recipe.runner.executor != "ray":
+        return None
+    from agentdistill.agents.ray_executor import RayCluster
+
+    r = recipe.runner
+    return RayCluster(r.address, store.engine.url.render_as_string(hide_password=False),
+                      cpus=r.cpus_per_episode, gpus=r.gpus_per_episode, resources=r.resources)
+
+
 def _execute(store: Store, run_id: str, recipe: Recipe, policies: dict[str, Policy], progress: bool,
-             first: Env) -> None:
-    pool = EnvPool(lambda: start_env(recipe.env.name, recipe.env.options), recipe.runner.concurrency, first)
+             first: Env, cluster=None) -> None:
+    max_steps = {role: spec.max_steps or recipe.runner.max_steps for role, spec in recipe.roles().items()}
+    executor: Executor | None = None
     try:
         plan = plan_for(first, recipe)
-        max_steps = {role: spec.max_steps or recipe.runner.max_steps for role, spec in recipe.roles().items()}
+        if cluster is None:
+            executor = LocalExecutor(EnvPool(lambda: start_env(recipe.env.name, recipe.env.options),
+                                             recipe.runner.concurrency, first))
+        else:  # this process's env only listed the tasks: the episodes' envs live in the cluster's actors
+            first.close()
+            from agentdistill.agents.ray_executor import RayExecutor
+
+            executor = RayExecutor(cluster, recipe.model_dump(mode="json"), run_id, max_steps,
+                                   recipe.runner.concurrency)
         runner = Runner(store, run_id, policies, max_steps, recipe.runner.max_attempts)
-        asyncio.run(runner.run(plan, pool, recipe.runner.concurrency, progress=progress))
+        asyncio.run(runner.run(plan, executor, recipe.runner.concurrency, progress=progress))
     except BaseException:
         store.set_run_status(run_id, "error")
         raise
     finally:
-        pool.close()
+        if executor is not None:
+            executor.close()
+        elif cluster is None:
+            first.close()
     failed = sum(e.status == "error" for e in store.episodes(run_id=run_id, with_calls=False))
     if failed / max(len(plan), 1) > recipe.runner.fail_on_error:
         store.set_run_status(run_id, "error")

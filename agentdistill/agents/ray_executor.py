@@ -1,0 +1,264 @@
+"""The Ray executor: a plan's episodes played by env instances living in Ray actors across a cluster.
+
+Each actor holds one env instance (a ScienceWorld JVM, a browser, ...) on some node, created once and
+reused across episodes; it builds the recipe's policies itself, so model calls happen where the episode
+runs (API models from any node; `local/...` models on the nodes that host the actor), and it writes each
+step straight to the store (committed before the next action, as with the local executor). The driver
+keeps the plan, opens every attempt's row and schedules attempts on free actors under the run's
+concurrency. An actor that dies (its process, its env or its whole node) loses only the attempt it was
+playing: the driver records that attempt as an error (its stored steps stay), replaces the actor, and the
+Runner retries the episode up to `max_attempts`. `--resume` is the Runner's, unchanged.
+
+Multi-node runs need a store every node reaches: a SQLite store with a cluster beyond this machine is
+refused in one line naming PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import socket
+from typing import Any
+
+from agentdistill.agents.runner import EpisodeSpec, Executor, Runner
+from agentdistill.errors import AgentDistillError, ConfigError
+from agentdistill.secrets import redact
+
+log = logging.getLogger(__name__)
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise ConfigError('runner.executor = "ray" needs Ray: pip install \'agentdistill[ray]\'') from None
+    return ray
+
+
+def _local_ips() -> set[str]:
+    ips = {"127.0.0.1", "::1", "localhost"}
+    try:
+        ips |= set(socket.gethostbyname_ex(socket.gethostname())[2])
+    except OSError:
+        pass
+    try:  # the address this machine uses to reach the outside (no packet is sent)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.255.255.255", 1))
+            ips.add(s.getsockname()[0])
+    except OSError:
+        pass
+    return ips
+
+
+def _is_local(host: str) -> bool:
+    if host in _local_ips():
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return socket.gethostbyname(host) in _local_ips() or ipaddress.ip_address(socket.gethostbyname(host)).is_loopback
+        except OSError:
+            return False
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a concrete Ray address ("host:port", "ray://host:port"); None for "auto" / "local"."""
+    rest = address.removeprefix("ray://")
+    if rest in ("auto", "local") or ":" not in rest:
+        return None
+    host, _, port = rest.rpartition(":")
+    if not port.isdigit():
+        raise ConfigError(f"runner.address {address!r}: write host:port (e.g. 10.0.0.5:6379) or ray://host:10001")
+    return host.strip("[]"), int(port)
+
+
+def _sqlite_refusal(where: str) -> ConfigError:
+    return ConfigError(
+        f"a SQLite store cannot be shared with {where}: every node writes its episodes' steps to the store, "
+        "so use a PostgreSQL store they all reach (--db postgresql://user@host/db, or AGENTDISTILL_DB)")
+
+
+class RayCluster:
+    """A connection to a Ray cluster, checked for what a run needs before the run is created."""
+
+    def __init__(self, address: str | None, store_url: str, *, cpus: float, gpus: float,
+                 resources: dict[str, float]):
+        ray = _ray()
+        self.store_url = store_url
+        sqlite = store_url.startswith("sqlite")
+        if store_url in ("sqlite://", "sqlite:///:memory:"):
+            raise _sqlite_refusal("Ray actors (an in-memory database lives in one process)")
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        target = _host_port(address) if address else None
+        if target is not None:
+            host, port = target
+            if sqlite and not _is_local(host):
+                raise _sqlite_refusal(f"the Ray cluster at {address}")
+            try:
+                socket.create_connection((host, port), timeout=5).close()
+            except OSError as e:
+                raise ConfigError(f"runner.address {address}: no Ray cluster answers there ({e.strerror or e}): "
+                                  "start one (`ray start --head`) or fix the address") from None
+        if not ray.is_initialized():
+            try:
+                local = {"include_dashboard": False} if address in (None, "local") else {}
+                ray.init(address=address or "local", logging_level=logging.WARNING, log_to_driver=False,
+                         configure_logging=False, **local)
+            except Exception as e:  # a port that is not Ray's, a version mismatch, ...
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                raise ConfigError(f"cannot join the Ray cluster at {address or 'a new local cluster'} ({first}): "
+                                  "check runner.address and that the cluster runs the same Ray version") from None
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        remote = sorted({n["NodeManagerAddress"] for n in nodes} - _local_ips())
+        if address and address.startswith("ray://"):
+            remote = remote or ["(Ray client)"]
+        if sqlite and remote:
+            raise _sqlite_refusal(f"Ray nodes on other machines ({', '.join(remote[:3])})")
+        total = ray.cluster_resources()
+        wanted = {"CPU": cpus, "GPU": gpus, **resources}
+        short = [f"{k} {v:g} (the cluster has {total.get(k, 0):g})" for k, v in wanted.items() if v > total.get(k, 0)]
+        if short:
+            raise ConfigError(f"each episode's env actor asks for {', '.join(short)}: lower runner.cpus_per_episode / "
+                              "gpus_per_episode / resources or add nodes that have them")
+        self.nodes = len(nodes)
+        self.cpus, self.gpus, self.resources = cpus, gpus, dict(resources)
+
+
+class _EnvActor:
+    """One env instance on some node, playing attempts for one run (made a Ray actor by `RayExecutor`)."""
+
+    def __init__(self, store_url: str, recipe: dict[str, Any], run_id: str, max_steps: dict[str, int]):
+        from agentdistill.agents.rollout import build_policy
+        from agentdistill.config import parse_recipe
+        from agentdistill.store.store import Store
+
+        self.recipe = parse_recipe(recipe, f"recipe of run {run_id}")
+        self.store = Store.open(store_url, migrate_fresh=False, create=False)
+        policies = {role: build_policy(spec, self.store, self.recipe.env.name)
+                    for role, spec in self.recipe.roles().items()}
+        self.runner = Runner(self.store, run_id, policies, max_steps)
+        self.env = None
+
+    def _start(self) -> None:
+        if self.env is None:
+            from agentdistill.agents.rollout import start_env
+
+            self.env = start_env(self.recipe.env.name, self.recipe.env.options)
+
+    def warm(self) -> str:
+        """Start the env ahead of the first episode; returns this actor's node id."""
+        import ray
+
+        try:
+            self._start()
+        except Exception as e:  # the first episode will try again and record the failure
+            log.warning("env failed to start: %s", redact(str(e))[:300])
+        return ray.get_runtime_context().get_node_id()
+
+    def play(self, spec: EpisodeSpec, episode_id: int, attempt: int) -> str:
+        import time
+
+        import ray
+
+        t0 = time.perf_counter()
+        # where it runs, recorded before its first step (a lost attempt names the node that died under it)
+        self.store.set_episode_metrics(episode_id, {"ray": {"node": ray.get_runtime_context().get_node_id(),
+                                                            "host": socket.gethostname(), "pid": os.getpid()}})
+        try:
+            self._start()
+        except Exception as e:  # recorded like any failed attempt; the next attempt starts a new instance
+            self.store.finish_episode(episode_id, status="error", success=False,
+                                      error=redact(f"{type(e).__name__}: {e}")[:4000],
+                                      wall_time=time.perf_counter() - t0)
+            return "error"
+        status, broken = asyncio.run(self.runner.play(spec, self.env, episode_id, attempt))
+        if broken:  # retire a failed env (a dead JVM): the next episode starts a fresh one
+            from agentdistill.agents.runner import _close_quietly
+
+            _close_quietly(self.env)
+            self.env = None
+        return status
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()
+            self.env = None
+        self.store.close()
+
+
+class AttemptLost(AgentDistillError):
+    """The actor playing an attempt died before recording its end."""
+
+
+class RayExecutor(Executor):
+    """Up to `size` env actors, spread over the cluster's nodes, created once and reused; a dead one is
+    replaced by a fresh actor for the next episode."""
+
+    def __init__(self, cluster: RayCluster, recipe: dict[str, Any], run_id: str, max_steps: dict[str, int],
+                 size: int):
+        ray = _ray()
+        self.cluster = cluster
+        self._actor_cls = ray.remote(_EnvActor).options(
+            num_cpus=cluster.cpus, num_gpus=cluster.gpus, resources=cluster.resources or None,
+            scheduling_strategy="SPREAD", max_restarts=0, max_concurrency=1)
+        self._args = (cluster.store_url, recipe, run_id, max_steps)
+        self._free: asyncio.Queue = asyncio.Queue()
+        self._all: list[Any] = []
+        self.lost = 0  # actors that died under an attempt
+        for _ in range(size):
+            self._free.put_nowait(self._new())
+
+    def _new(self):
+        actor = self._actor_cls.remote(*self._args)
+        actor.warm.remote()  # starts its env now, in parallel with the others
+        self._all.append(actor)
+        return actor
+
+    async def play(self, runner: Runner, spec: EpisodeSpec, episode_id: int, attempt: int) -> str:
+        ray = _ray()
+        actor = await self._free.get()
+        try:
+            status = await actor.play.remote(spec, episode_id, attempt)
+        except ray.exceptions.RayError as e:
+            self.lost += 1
+            self._retire(actor)
+            self._free.put_nowait(self._new())
+            raise AttemptLost(f"the Ray actor playing it was lost: {_first_line(e)}") from None
+        except BaseException:
+            self._free.put_nowait(actor)
+            raise
+        self._free.put_nowait(actor)
+        return status
+
+    def _retire(self, actor) -> None:
+        ray = _ray()
+        if actor in self._all:
+            self._all.remove(actor)
+        try:  # it may still be running somewhere (a lost reply): it must not write on
+            ray.kill(actor, no_restart=True)
+        except Exception as e:
+            log.debug("killing a lost actor failed: %s", e)
+
+    def close(self) -> None:
+        ray = _ray()
+        closing = []
+        for actor in self._all:
+            closing.append(actor.close.remote())
+        try:
+            ray.wait(closing, num_returns=len(closing), timeout=30)
+        except Exception as e:
+            log.debug("closing env actors: %s", e)
+        for actor in self._all:
+            try:
+                ray.kill(actor, no_restart=True)
+            except Exception as e:
+                log.debug("killing an env actor failed: %s", e)
+        self._all.clear()
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
+    return redact(f"{type(e).__name__}: {lines[0] if lines else ''}")[:300]

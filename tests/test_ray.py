@@ -1,0 +1,320 @@
+"""The Ray executor on a real local cluster: a head and two worker nodes started as separate processes on
+127.0.0.1 (`ray start`), a real PostgreSQL store, ScienceWorld's expert teacher. The ray executor stores
+exactly the episodes the local executor stores; a worker node killed mid-run loses no step and its
+episodes are retried; `--resume` after the driver is killed finishes the plan with no duplicates. Bad
+input (SQLite with a remote cluster, an address nobody answers) is one line before anything is written."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from agentdistill.store.store import Store
+from tests.conftest import free_port, run_cli
+
+ray = pytest.importorskip("ray", reason="Ray not installed: pip install 'agentdistill[ray]'")
+
+TASKS = ["lifespan-longest-lived", "power-component", "identify-life-stages-2"]
+SECRET = "pw-rAy-t3st-n0t-in-logs"  # the trust-auth server ignores it; it must still never be written anywhere
+# every Ray process of these tests: no auth token to hand around, quick detection of a dead node
+RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
+           "RAY_health_check_failure_threshold": "3", "RAY_health_check_initial_delay_ms": "1000",
+           "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+class LocalCluster:
+    """`ray start` nodes on 127.0.0.1, each its own process group (killed by pid, never `ray stop`)."""
+
+    def __init__(self):
+        self.tmp = Path(tempfile.mkdtemp(prefix="adray-"))
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.env = {**os.environ, **RAY_ENV}
+        self.nodes: dict[str, subprocess.Popen] = {}
+
+    def _start(self, name: str, args: list[str]) -> None:
+        log = open(self.tmp / f"{name}.log", "w")
+        self.nodes[name] = subprocess.Popen(
+            [str(Path(sys.executable).with_name("ray")), "start", "--block", "--node-ip-address=127.0.0.1",
+             f"--temp-dir={self.tmp / 'ray'}", "--object-store-memory=100000000", "--disable-usage-stats",
+             f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}", *args],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+
+    def start(self) -> None:
+        self._start("head", ["--head", f"--port={self.port}", "--num-cpus=0", "--include-dashboard=false",
+                             f"--ray-client-server-port={free_port()}", f"--dashboard-port={free_port()}"])
+        self._wait(0)
+        for name in ("worker1", "worker2"):
+            self.add_worker(name)
+
+    def add_worker(self, name: str) -> None:
+        before = self.alive_cpus()
+        self._start(name, [f"--address={self.address}", "--num-cpus=2"])
+        self._wait(before + 2)
+
+    def alive_cpus(self) -> float:
+        out = subprocess.run(
+            [sys.executable, "-c", "import ray, json; ray.init(address=%r, logging_level='ERROR'); "
+             "print(sum(n['Resources'].get('CPU', 0) for n in ray.nodes() if n['Alive']))" % self.address],
+            capture_output=True, text=True, env=self.env, timeout=120)
+        return float(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else -1
+
+    def _wait(self, cpus: float, timeout: float = 120) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.alive_cpus() >= cpus:
+                return
+            time.sleep(1)
+        raise RuntimeError(f"Ray cluster did not reach {cpus} CPUs: see {self.tmp}")
+
+    def kill(self, name: str) -> None:
+        """The whole node at once (its raylet, its workers and their JVMs), like a machine losing power."""
+        proc = self.nodes.pop(name)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+    def stop(self) -> None:
+        for name in list(self.nodes)[::-1]:
+            proc = self.nodes[name]
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        self.nodes.clear()
+
+    def logs_text(self) -> str:
+        out = []
+        for p in self.tmp.rglob("*"):
+            if p.is_file() and p.suffix in (".log", ".out", ".err", ".txt", ".json") and p.stat().st_size < 20_000_000:
+                out.append(p.read_text(errors="replace"))
+        return "\n".join(out)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if not Path(sys.executable).with_name("ray").exists():
+        pytest.skip("the `ray` command is not installed beside this Python")
+    c = LocalCluster()
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture(scope="module")
+def pg(pg_url):
+    """The test server's URL with a password in it (ignored by its trust authentication)."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(pg_url.replace("postgresql://", "postgresql+psycopg://"))
+    with engine.begin() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    return pg_url.replace("agentdistill@", f"agentdistill:{SECRET}@")
+
+
+def _recipe(tmp_path: Path, executor: str, address: str | None = None, variations: int = 2, name: str = "r",
+            env: str = "scienceworld") -> Path:
+    p = tmp_path / f"{name}-{executor}.toml"
+    runner = f'executor = "{executor}"\n' + (f'address = "{address}"\n' if address else "")
+    tasks = TASKS if env == "scienceworld" else ["easy", "medium"]
+    p.write_text(f'name = "{name}"\n[env]\nname = "{env}"\nsplit = "train"\ntasks = {tasks!r}\nvariations = {variations}\n'.replace("'", '"')
+                 + '[teacher]\npolicy = "expert"\n'
+                 + f"[runner]\nconcurrency = 2\nmax_steps = 40\n{runner}")
+    return p
+
+
+def _cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return run_cli(*args, env=RAY_ENV, timeout=timeout)
+
+
+def _run_id(out: str, store: Store, name: str) -> str:
+    return max((r["run"] for r in store.list_runs() if r["run"].name == name), key=lambda r: r.created_at).id
+
+
+def _episodes(store: Store, run_id: str) -> dict[int, tuple]:
+    """What a run stored per plan entry (latest attempt): who, which task, how it ended and every step."""
+    out = {}
+    for e in store.episodes(run_id=run_id, with_steps=True, with_calls=False):
+        out[e.plan_index] = (e.role, e.task.name, e.task.variation, e.seed, e.status, e.success, e.score, e.n_steps,
+                             [(s.idx, s.observation, s.action, s.reward, s.done, s.next_observation) for s in e.steps])
+    return out
+
+
+def _first_difference(a: dict, b: dict) -> str:
+    return "; ".join(_diff1({k: a[k]}, {k: b[k]}) for k in sorted(a) if a[k] != b[k])
+
+
+def _diff1(a: dict, b: dict) -> str:
+    for k in sorted(a):
+        for i, (x, y) in enumerate(zip(a[k], b[k])):
+            if x != y and i == 8:
+                for s, t in zip(x, y):
+                    if s != t:
+                        return f"plan {k} step {s[0]}: {[(j, u, v) for j, (u, v) in enumerate(zip(s, t)) if u != v]}"
+                return f"plan {k}: {len(x)} vs {len(y)} steps"
+            if x != y:
+                return f"plan {k} field {i}: {x!r} vs {y!r}"
+    return ""
+
+
+def _count(url: str, sql: str) -> list:
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://"))
+    try:
+        with engine.connect() as c:
+            return c.execute(text(sql)).all()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_ray_executor_stores_exactly_the_episodes_of_the_local_executor(cluster, pg, tmp_path):
+    # TextWorld: its games play the same whatever instance plays them (a ScienceWorld JVM lists objects in an
+    # order that depends on what the instance played before, so its observations differ between any two runs
+    # that hand episodes to instances differently, local or not)
+    local = _cli("run", str(_recipe(tmp_path, "local", name="same", env="textworld", variations=3)), "--db", pg,
+                 "--no-progress")
+    assert local.returncode == 0, local.stderr[-2000:]
+    remote = _cli("run", str(_recipe(tmp_path, "ray", cluster.address, name="same", env="textworld", variations=3)),
+                  "--db", pg, "--no-progress")
+    assert remote.returncode == 0, remote.stderr[-2000:]
+    store = Store.open(pg)
+    runs = sorted((r["run"] for r in store.list_runs() if r["run"].name == "same"), key=lambda r: r.created_at)
+    assert [r.recipe["runner"]["executor"] for r in runs] == ["local", "ray"]
+    a, b = _episodes(store, runs[0].id), _episodes(store, runs[1].id)
+    assert sorted(a) == list(range(6)) and sorted(b) == list(range(6))
+    assert a == b, _first_difference(a, b)  # same plan entries, same steps, same outcomes
+    assert all(e[4] == "done" and e[5] for e in b.values())
+    assert not [e for e in store.episodes(run_id=runs[1].id, attempts="all") if e.attempt > 0]  # nothing retried
+    # the episodes really ran in the cluster's actors, spread over both worker nodes (the head has no CPU)
+    nodes = {e.metrics["ray"]["node"] for e in store.episodes(run_id=runs[1].id)}
+    assert len(nodes) == 2, nodes
+    assert not any((e.metrics or {}).get("ray") for e in store.episodes(run_id=runs[0].id))
+    # the database password reached no log, no output and nothing stored
+    assert SECRET not in remote.stdout + remote.stderr + local.stderr
+    assert SECRET not in cluster.logs_text()
+    dump = _count(pg, "SELECT recipe::text FROM runs") + _count(pg, "SELECT coalesce(error, '') FROM episodes")
+    assert not [row for row in dump if SECRET in row[0]]
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_resume_after_the_driver_is_killed_finishes_the_plan_without_duplicates(cluster, pg, tmp_path):
+    recipe = _recipe(tmp_path, "ray", cluster.address, variations=3, name="driver-kill")
+    planned = 9
+    proc = subprocess.Popen([sys.executable, "-m", "agentdistill", "run", str(recipe), "--db", pg, "--no-progress"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            env={**os.environ, **RAY_ENV})
+    deadline = time.time() + 300
+    done = 0
+    while time.time() < deadline and proc.poll() is None:
+        rows = _count(pg, "SELECT count(*) FROM episodes e JOIN runs r ON r.id = e.run_id "
+                          "WHERE r.name = 'driver-kill' AND e.status = 'done'")
+        done = rows[0][0]
+        if done >= 2:
+            break
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver; its actors live on the cluster's nodes
+    proc.wait()
+    assert 2 <= done < planned
+    store = Store.open(pg)
+    run = next(r["run"] for r in store.list_runs() if r["run"].name == "driver-kill")
+    assert run.status == "running"
+    done_before = {e.plan_index: e.id for e in store.episodes(run_id=run.id, status="done")}
+    time.sleep(3)  # the cluster ends a dead driver's actors
+
+    p = _cli("run", "--resume", run.id[:8], "--db", pg, "--no-progress")
+    assert p.returncode == 0, p.stderr[-2000:]
+    eps = store.episodes(run_id=run.id, with_steps=True, with_calls=False)
+    assert sorted(e.plan_index for e in eps) == list(range(planned))  # each planned episode exactly once
+    assert all(e.status == "done" and e.success for e in eps)
+    assert {e.plan_index: e.id for e in eps if e.plan_index in done_before} == done_before  # not re-run
+    every = store.episodes(run_id=run.id, attempts="all", with_calls=False)
+    assert len({(e.plan_index, e.attempt) for e in every}) == len(every)
+    for e in eps:
+        assert [s.idx for s in e.steps] == list(range(e.n_steps)) and e.steps[-1].done
+    assert store.get_run(run.id).status == "done"
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_worker_node_killed_mid_run_loses_no_step_and_its_episodes_are_retried(cluster, pg, tmp_path):
+    recipe = _recipe(tmp_path, "ray", cluster.address, variations=3, name="node-kill")
+    planned = 9
+    out = open(tmp_path / "driver.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "agentdistill", "run", str(recipe), "--db", pg, "--no-progress"],
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, **RAY_ENV, "COLUMNS": "200"})
+    q_running = ("SELECT count(*) FROM episodes e JOIN runs r ON r.id = e.run_id JOIN steps s ON s.episode_id = e.id "
+                 "WHERE r.name = 'node-kill' AND e.status = 'running'")
+    q_done = "SELECT count(*) FROM episodes e JOIN runs r ON r.id = e.run_id WHERE r.name = 'node-kill' AND e.status = 'done'"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if _count(pg, q_done)[0][0] >= 1 and _count(pg, q_running)[0][0] >= 1:
+            break
+        time.sleep(0.05)
+    cluster.kill("worker1")  # both workers host an actor (spread); one of them is mid-episode
+    # every step stored by now, with its content
+    q_steps = ("SELECT s.id, s.episode_id, s.idx, s.action, s.next_observation FROM steps s JOIN episodes e ON "
+               "e.id = s.episode_id JOIN runs r ON r.id = e.run_id WHERE r.name = 'node-kill'")
+    before = set(_count(pg, q_steps))
+    try:
+        rc = proc.wait(timeout=400)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        cluster.add_worker("worker1")  # back for later tests
+    log = (tmp_path / "driver.log").read_text()
+    assert rc == 0, log[-3000:]
+    assert before <= set(_count(pg, q_steps))  # no step lost
+    store = Store.open(pg)
+    run = next(r["run"] for r in store.list_runs() if r["run"].name == "node-kill")
+    eps = store.episodes(run_id=run.id, with_steps=True, with_calls=False)
+    assert sorted(e.plan_index for e in eps) == list(range(planned))
+    assert all(e.status == "done" and e.success for e in eps)
+    every = store.episodes(run_id=run.id, attempts="all", with_steps=True, with_calls=False)
+    lost = [e for e in every if e.status == "error"]
+    assert lost, "the killed node was playing no episode"
+    for e in lost:  # the lost attempt is kept, marked failed, with what it had stored; a later attempt finished
+        assert "Ray actor" in e.error and e.attempt == 0
+        assert any(r.plan_index == e.plan_index and r.attempt == 1 and r.status == "done" for r in every)
+    assert any(e.n_steps > 0 for e in lost)
+    assert len({e.metrics["ray"]["node"] for e in lost}) == 1  # all on the one node that died
+    for e in every:
+        assert [s.idx for s in e.steps] == list(range(len(e.steps)))
+    assert len({(e.plan_index, e.attempt) for e in every}) == len(every)
+    assert store.get_run(run.id).status == "done"
+
+
+def test_sqlite_store_with_a_remote_cluster_is_refused_in_one_line(tmp_path):
+    recipe = _recipe(tmp_path, "ray", "10.255.255.1:6379", variations=1)
+    p = _cli("run", str(recipe), "--db", str(tmp_path / "s.db"), "--no-progress", timeout=300)
+    assert p.returncode != 0
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "PostgreSQL" in lines[0] and "10.255.255.1:6379" in lines[0], p.stderr
+    assert "Traceback" not in p.stderr
+    if (tmp_path / "s.db").exists():  # nothing was recorded
+        assert Store.open(str(tmp_path / "s.db")).list_runs() == []
+
+
+@pytest.mark.postgres
+def test_an_address_where_no_cluster_answers_is_one_line(tmp_path, pg):
+    recipe = _recipe(tmp_path, "ray", f"127.0.0.1:{free_port()}", variations=1, name="nobody")
+    p = _cli("run", str(recipe), "--db", pg, "--no-progress", timeout=300)
+    assert p.returncode != 0
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no Ray cluster answers there" in lines[0] and "ray start --head" in lines[0], p.stderr
+    assert SECRET not in p.stderr
+    assert not [r for r in Store.open(pg).list_runs() if r["run"].name == "nobody"]
