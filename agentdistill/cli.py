@@ -775,6 +775,7 @@ def train_opd_cmd(
     lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1e-4,
     lam: Annotated[float, typer.Option("--lambda", help="Skill-SD: weight of the distillation term.")] = 1.0,
     grpo_weight: Annotated[float, typer.Option(help="Skill-SD: weight of the outcome-reward term.")] = 0.0,
+    rollout_backend: Annotated[str, typer.Option(help="local (transformers) or vllm (CUDA GPU: the live LoRA adapter served each iteration).")] = "local",
     device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     db: DbOpt = None,
@@ -792,7 +793,7 @@ def train_opd_cmd(
                    divergence=divergence, curriculum=Curriculum(curriculum, k_start, eta, k_max), env=env, split=split,
                    tasks=task or None, variations=variations, iterations=iterations, episodes_per_iteration=episodes,
                    max_steps=max_steps, history=history, learning_rate=lr, skill_sd_lambda=lam,
-                   grpo_weight=grpo_weight, seed=seed)
+                   grpo_weight=grpo_weight, rollout_backend=rollout_backend, seed=seed)
     spec.validate()
     store = _store(db)
     result = train_opd(store, spec, out, hw)

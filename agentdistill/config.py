@@ -174,6 +174,7 @@ class OPDStage(_Trained):
     iterations: int = Field(8, ge=1)
     episodes_per_iteration: int = Field(2, ge=1)
     rollout_concurrency: int = Field(4, ge=1)  # an iteration's episodes played at once (batched model calls)
+    rollout_backend: Literal["local", "vllm"] = "local"  # vllm: rollouts on a GPU engine serving the live adapter
     temperature: float = Field(1.0, gt=0, le=2)
     max_steps: int | None = Field(None, ge=1)  # student turns per rollout; None: the student's eval step limit
 

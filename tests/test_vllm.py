@@ -92,3 +92,38 @@ def test_vllm_serves_a_lora_adapter_without_merging(tmp_path):
     # and it answers as the merged adapter does in transformers
     local = make_model(f"local/{tmp_path / 'adapter'}", dtype="float32", batching=False)
     assert sum(local.complete(c, max_tokens=12)[0].text == a for c, (a, _) in zip(chats, answers)) >= 2
+
+
+@pytest.mark.skipif(_gpu(), reason="vLLM and a GPU are here")
+def test_opd_rollouts_on_vllm_without_a_gpu_are_one_line(tmp_path):
+    p = run_cli("train", "opd", str(tmp_path / "ck"), "--context", "demo", "--rollout-backend", "vllm",
+                "--db", str(tmp_path / "s.db"))
+    assert p.returncode == 2 and "vLLM" in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    p = run_cli("train", "opd", str(tmp_path / "ck"), "--context", "demo", "--rollout-backend", "sglang",
+                "--db", str(tmp_path / "s.db"))
+    assert p.returncode == 2 and "unknown rollout backend" in p.stderr, p.stderr
+    assert not (tmp_path / "s.db").exists()
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_opd_rollouts_run_on_vllm_with_the_live_adapter(tmp_path):
+    """Two OPD iterations with vLLM rollouts on ScienceWorld: each iteration serves the adapter as trained
+    so far (its own directory), the student's steps carry the loss, and the checkpoint is recorded."""
+    from agentdistill.store.store import Store
+    from agentdistill.train.curriculum import Curriculum
+    from agentdistill.train.opd import OPDSpec, train_opd
+
+    store = Store.open(str(tmp_path / "s.db"))
+    from agentdistill.agents.rollout import run_recipe
+    from agentdistill.config import parse_recipe
+
+    run_recipe(store, parse_recipe({"env": {"tasks": ["lifespan-longest-lived"], "split": "train", "variations": 2},
+                                    "teacher": {"policy": "expert"}}), progress=False)
+    spec = OPDSpec(context="demo", curriculum=Curriculum("f2b", 1, 1, None), tasks=["lifespan-longest-lived"],
+                   variations=2, iterations=2, episodes_per_iteration=2, max_steps=3, history=1, max_tokens=16,
+                   rollout_backend="vllm")
+    result = train_opd(store, spec, tmp_path / "ck")
+    assert [(tmp_path / "ck.rollouts" / f"iteration-{n}" / "adapter_config.json").exists() for n in (0, 1)] == [True, True]
+    assert len(result.iterations) == 2 and all(it["student_turns"] > 0 for it in result.iterations)
+    assert any(it["tokens"] for it in result.iterations)

@@ -116,7 +116,8 @@ def opd(ctx: StageContext, d: OPDStage | SkillSDStage) -> dict[str, Any]:
         curriculum=Curriculum(d.curriculum, d.k_start, d.eta, d.k_max), env=recipe.env.name,
         env_options=dict(recipe.env.options), split=c.split, tasks=c.tasks or recipe.env.tasks, variations=c.variations,
         iterations=d.iterations, episodes_per_iteration=d.episodes_per_iteration,
-        rollout_concurrency=d.rollout_concurrency, max_steps=d.max_steps or student.max_steps or recipe.runner.max_steps, history=student.history,
+        rollout_concurrency=d.rollout_concurrency, rollout_backend=d.rollout_backend,
+        max_steps=d.max_steps or student.max_steps or recipe.runner.max_steps, history=student.history,
         max_tokens=student.max_tokens, temperature=d.temperature, learning_rate=d.learning_rate or 1e-4,
         lora=_lora(d), max_length=d.max_length, grpo_weight=getattr(d, "grpo_weight", 0.0), seed=d.seed)
     ctx.say(f"  {spec.method_name}: {d.iterations} iterations x {d.episodes_per_iteration} student episodes "

@@ -60,6 +60,10 @@ class OPDSpec:
     iterations: int = 8
     episodes_per_iteration: int = 2
     rollout_concurrency: int = 4  # an iteration's episodes played at once: their model calls are batched together
+    # "vllm": rollouts on a vLLM engine (CUDA GPU), the current LoRA adapter saved and served each iteration;
+    # "local": the training weights themselves, through the batching transformers backend
+    rollout_backend: Literal["local", "vllm"] = "local"
+    vllm_gpu_memory: float = 0.3  # the share of GPU memory vLLM takes; training keeps the rest
     max_steps: int = 12  # the student's step limit (the full horizon without a curriculum)
     history: int = 4
     max_tokens: int = 40
@@ -98,6 +102,15 @@ class OPDSpec:
             raise ConfigError("--skill files are teacher context: add --context skill")
         if self.iterations < 1 or self.episodes_per_iteration < 1:
             raise ConfigError("iterations and episodes_per_iteration must be >= 1")
+        if self.rollout_backend not in ("local", "vllm"):
+            raise ConfigError(f"unknown rollout backend {self.rollout_backend!r}: use local or vllm")
+        if self.rollout_backend == "vllm":
+            from agentdistill.models.vllm_backend import check_vllm
+
+            if self.lora is None:
+                raise ConfigError("rollout_backend vllm serves the student's LoRA adapter each iteration: "
+                                  "train with LoRA, or use rollout_backend local for full fine-tuning")
+            check_vllm(self.student.removeprefix("local/"))
 
 
 @dataclass
@@ -204,7 +217,8 @@ class OPDTrainer:
             for n in range(spec.iterations):
                 batch = [order[(n * spec.episodes_per_iteration + j) % len(order)]
                          for j in range(spec.episodes_per_iteration)]
-                history.append(self._iteration(n, batch, policy, pool, run_id, optimizer, params))
+                acting = self._vllm_policy(n, Path(out)) if spec.rollout_backend == "vllm" else policy
+                history.append(self._iteration(n, batch, acting, pool, run_id, optimizer, params))
                 log.info("iteration %s", history[-1])
             save_student(self.model, self.tok, Path(out))
             metrics = {"iterations": history, "device": self.hw.device, "bf16": self.hw.bf16}
@@ -217,6 +231,33 @@ class OPDTrainer:
             raise
         finally:
             pool.close()
+
+    def _vllm_policy(self, n: int, out: Path) -> LLMPolicy:
+        """This iteration's student on vLLM: the current adapter saved beside the output and served on
+        the student's base checkpoint (merged once to disk when the student starts from an adapter), so
+        rollouts use exactly the weights being trained, without merging them each iteration."""
+        import json
+
+        from agentdistill.models.vllm_backend import VLLMModel
+        from agentdistill.train.model import base_checkpoint, is_adapter
+
+        spec, work = self.spec, out.with_name(out.name + ".rollouts")
+        base = base_checkpoint(spec.student)
+        if is_adapter(spec.student):
+            base = work / "base"
+            if not (base / "config.json").exists():
+                merged, tok = load_student(spec.student, None, Hardware("cpu", False), trainable=False,
+                                           fresh_adapter=True)
+                merged.save_pretrained(base)
+                tok.save_pretrained(base)
+                del merged
+        adapter = work / f"iteration-{n}"
+        self.model.save_pretrained(adapter)
+        config = adapter / "adapter_config.json"
+        config.write_text(json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": str(base.resolve())}))
+        model = VLLMModel(f"vllm/{adapter}", gpu_memory_utilization=spec.vllm_gpu_memory)
+        model.id = self.student_id  # the steps it answers are the student's: the loss masks by this id
+        return LLMPolicy(model, spec.temperature, spec.max_tokens, 1, spec.history)
 
     @property
     def _concurrency(self) -> int:
