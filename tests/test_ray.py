@@ -6,6 +6,7 @@ input (SQLite with a remote cluster, an address nobody answers) is one line befo
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -76,20 +77,15 @@ class LocalCluster:
         raise RuntimeError(f"Ray cluster did not reach {cpus} CPUs: see {self.tmp}")
 
     def kill(self, name: str) -> None:
-        """The whole node at once (its raylet, its workers and their JVMs), like a machine losing power."""
+        """The whole node at once, like a machine losing power: every process of its session (`ray start`, its
+        raylet, its worker processes, which Ray puts in their own process groups, and their JVMs)."""
         proc = self.nodes.pop(name)
-        os.killpg(proc.pid, signal.SIGKILL)
+        _kill_session(proc.pid)
         proc.wait()
 
     def stop(self) -> None:
         for name in list(self.nodes)[::-1]:
-            proc = self.nodes[name]
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
-        self.nodes.clear()
+            self.kill(name)
 
     def logs_text(self) -> str:
         out = []
@@ -97,6 +93,20 @@ class LocalCluster:
             if p.is_file() and p.suffix in (".log", ".out", ".err", ".txt", ".json") and p.stat().st_size < 20_000_000:
                 out.append(p.read_text(errors="replace"))
         return "\n".join(out)
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process whose session is `sid` (a node started with start_new_session: all of it, ours only)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp session ...
+            if int(fields[3]) == sid:
+                os.kill(int(entry.name), signal.SIGKILL)
+        except (OSError, ValueError, IndexError):
+            continue
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +131,9 @@ def pg(pg_url):
         conn.execute(text("DROP SCHEMA public CASCADE"))
         conn.execute(text("CREATE SCHEMA public"))
     engine.dispose()
-    return pg_url.replace("agentdistill@", f"agentdistill:{SECRET}@")
+    url = pg_url.replace("agentdistill@", f"agentdistill:{SECRET}@")
+    Store.open(url).close()  # the tables exist before a test polls them
+    return url
 
 
 def _recipe(tmp_path: Path, executor: str, address: str | None = None, variations: int = 2, name: str = "r",
@@ -257,15 +269,24 @@ def test_a_worker_node_killed_mid_run_loses_no_step_and_its_episodes_are_retried
     proc = subprocess.Popen([sys.executable, "-m", "agentdistill", "run", str(recipe), "--db", pg, "--no-progress"],
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, **RAY_ENV, "COLUMNS": "200"})
-    q_running = ("SELECT count(*) FROM episodes e JOIN runs r ON r.id = e.run_id JOIN steps s ON s.episode_id = e.id "
-                 "WHERE r.name = 'node-kill' AND e.status = 'running'")
-    q_done = "SELECT count(*) FROM episodes e JOIN runs r ON r.id = e.run_id WHERE r.name = 'node-kill' AND e.status = 'done'"
+    # the node whose actor is mid-episode (has stored steps of an unfinished attempt): found by its actor's pid
+    q_running = ("SELECT e.metrics FROM episodes e JOIN runs r ON r.id = e.run_id WHERE r.name = 'node-kill' AND "
+                 "e.status = 'running' AND EXISTS (SELECT 1 FROM steps s WHERE s.episode_id = e.id)")
+    victim = None
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:
-        if _count(pg, q_done)[0][0] >= 1 and _count(pg, q_running)[0][0] >= 1:
-            break
-        time.sleep(0.05)
-    cluster.kill("worker1")  # both workers host an actor (spread); one of them is mid-episode
+    while victim is None and time.time() < deadline and proc.poll() is None:
+        for (metrics,) in _count(pg, q_running):
+            pid = ((metrics if isinstance(metrics, dict) else json.loads(metrics or "{}")).get("ray") or {}).get("pid")
+            try:
+                sid = os.getsid(pid) if pid else None
+            except ProcessLookupError:
+                continue
+            victim = next((n for n, p in cluster.nodes.items() if p.pid == sid and n != "head"), None)
+            if victim:
+                break
+        time.sleep(0.02)
+    assert victim, "no episode was seen mid-run on a worker node"
+    cluster.kill(victim)  # the whole node, while its actor is mid-episode
     # every step stored by now, with its content
     q_steps = ("SELECT s.id, s.episode_id, s.idx, s.action, s.next_observation FROM steps s JOIN episodes e ON "
                "e.id = s.episode_id JOIN runs r ON r.id = e.run_id WHERE r.name = 'node-kill'")
@@ -275,7 +296,7 @@ def test_a_worker_node_killed_mid_run_loses_no_step_and_its_episodes_are_retried
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-        cluster.add_worker("worker1")  # back for later tests
+        cluster.add_worker(victim)  # back for later tests
     log = (tmp_path / "driver.log").read_text()
     assert rc == 0, log[-3000:]
     assert before <= set(_count(pg, q_steps))  # no step lost

@@ -189,6 +189,9 @@ class _EnvActor:
         self.store.close()
 
 
+MAX_STARTS = 8  # tries to get a new actor up for one slot before the episode waiting for it fails
+
+
 class AttemptLost(AgentDistillError):
     """The actor playing an attempt died before recording its end."""
 
@@ -209,17 +212,40 @@ class RayExecutor(Executor):
         self._all: list[Any] = []
         self.lost = 0  # actors that died under an attempt
         for _ in range(size):
-            self._free.put_nowait(self._new())
+            self._free.put_nowait(self._new())  # all start now, in parallel
 
-    def _new(self):
+    def _new(self) -> tuple[Any, Any]:
+        """A new actor and the reference that answers once it is up (it starts its env meanwhile)."""
         actor = self._actor_cls.remote(*self._args)
-        actor.warm.remote()  # starts its env now, in parallel with the others
         self._all.append(actor)
-        return actor
+        return actor, actor.warm.remote()
+
+    async def _acquire(self):
+        """A free actor that is up. A new one that dies before its first episode (e.g. placed on a node that is
+        dying but not yet marked dead) costs no episode: it is replaced, with a growing pause, a bounded
+        number of times."""
+        ray = _ray()
+        actor, ready = await self._free.get()
+        delay = 0.5
+        for _ in range(MAX_STARTS):
+            if ready is None:
+                return actor
+            try:
+                await ready
+                return actor
+            except ray.exceptions.RayError as e:
+                log.warning("a new env actor was lost before its first episode (%s): starting another", _first_line(e))
+                self._retire(actor)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 10.0)
+                actor, ready = self._new()
+        self._free.put_nowait((actor, ready))
+        raise AttemptLost(f"no env actor stayed up on the cluster after {MAX_STARTS} starts: check the nodes "
+                          "(`ray status`) and that agentdistill and the env's data are installed on each")
 
     async def play(self, runner: Runner, spec: EpisodeSpec, episode_id: int, attempt: int) -> str:
         ray = _ray()
-        actor = await self._free.get()
+        actor = await self._acquire()
         try:
             status = await actor.play.remote(spec, episode_id, attempt)
         except ray.exceptions.RayError as e:
@@ -228,9 +254,9 @@ class RayExecutor(Executor):
             self._free.put_nowait(self._new())
             raise AttemptLost(f"the Ray actor playing it was lost: {_first_line(e)}") from None
         except BaseException:
-            self._free.put_nowait(actor)
+            self._free.put_nowait((actor, None))
             raise
-        self._free.put_nowait(actor)
+        self._free.put_nowait((actor, None))
         return status
 
     def _retire(self, actor) -> None:
