@@ -2,12 +2,15 @@
 # Installs agentdistill and everything `agentdistill run` needs into the current Python (use a venv).
 #   bash scripts/install.sh          # the framework, ScienceWorld, TextWorld, BrowserGym + MiniWoB++ (chromium),
 #                                    # local models and training, PostgreSQL driver, export
-#   bash scripts/install.sh --test   # + what the test suite needs (PostgreSQL server, llama-cpp-python server)
+#   bash scripts/install.sh --test   # + what the test suite needs (PostgreSQL server, llama-cpp-python server, Ray)
+#   bash scripts/install.sh --ray    # + Ray, for `[runner] executor = "ray"` (on the driver and every cluster node)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TEST=0
 [ "${1:-}" = "--test" ] && TEST=1
+RAY=0
+[ "${1:-}" = "--ray" ] && RAY=1
 PY=${PYTHON:-python}
 
 # --- system packages: Java for ScienceWorld's jar; Chromium for BrowserGym (MiniWoB++, VisualWebArena);
@@ -37,7 +40,8 @@ $PY -m pip install -q "torch==2.13.0"
 constraints=$(mktemp)
 echo "torch==2.13.0" >"$constraints"
 extras="all"
-[ "$TEST" = 1 ] && extras="test"
+[ "$TEST" = 1 ] && extras="test"  # includes ray: installed under the same torch constraint as the rest
+[ "$RAY" = 1 ] && extras="all,ray"
 # llama-cpp-python (tests only) compiles for ~6 min; use both cores
 CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
   $PY -m pip install -q -c "$constraints" -e ".[$extras]"
