@@ -46,6 +46,31 @@ def _pipeline(store: Store, workdir: Path, stub_url: str) -> str:
     return run_pipeline(store, recipe, progress=False, say=lambda _: None)
 
 
+def _spark(store: Store) -> str:
+    """SPARK on a TextWorld game: a cascade whose student (the stand-in) says `look` until the memo of a failed
+    attempt reaches its prompt, then says nothing admissible so the expert acts and wins: FAIL, then PASS."""
+    from agentdistill.agents.rollout import build_policy
+    from agentdistill.config import PolicySpec
+    from agentdistill.envs import make
+    from agentdistill.skills.spark import run_spark
+    from agentdistill.testing import OpenAIStub
+
+    def reply(body):
+        noted = "Notes from your earlier attempts" in body["messages"][0]["content"]
+        return "Action: ask the manual" if noted else "Action: look"
+
+    env = make("textworld")
+    task = env.tasks("train", ["easy"])[0]
+    env.close()
+    with OpenAIStub(reply=reply) as stub:
+        spec = PolicySpec.model_validate({"policy": "cascade", "model": "openai/student", "api_base": stub.url,
+                                          "max_retries": 0, "threshold": 0.0, "fallback": {"policy": "expert"}})
+        run_id, (outcome,) = run_spark(store, build_policy(spec, store), "textworld", [task], max_attempts=3,
+                                       max_steps=4)
+    assert [a.status for a in outcome.attempts] == ["FAIL", "PASS"]
+    return run_id
+
+
 def _script_episode(store: Store) -> int:
     """An episode whose observation is markup, written through the store as the runner writes one."""
     run_id = store.create_run("hostile-observation", {"note": "an env page carrying markup"})
@@ -80,6 +105,7 @@ def filled(tmp_path_factory):
         student = {"policy": "llm", "model": "openai/stub", "api_base": stub.url + "/v1", "max_tokens": 32, "history": 1}
         ab = ab_evaluate(store, skill, student, {"name": "textworld", "split": "test", "tasks": ["easy"], "variations": 1},
                          {"max_steps": 3}, progress=False)
+    spark_run = _spark(store)
     hostile = _script_episode(store)
     with store.session() as s:
         runs = {r.name: r.id for r in s.scalars(select(Run))}
@@ -88,8 +114,13 @@ def filled(tmp_path_factory):
         dataset = s.scalar(select(Dataset.id).where(Dataset.kind == "icd_index"))
     cascade_run = runs["viewtest:cascade"]
     cascade_ep = store.episodes(run_id=cascade_run)[0].id
+    spark_eps = [e.id for e in store.episodes(run_id=spark_run)]
+    # the note OPD's trainer writes on each step it scored (train/opd.py), through the same store call
+    store.annotate_steps(cascade_ep, {0: {"distill": {"iteration": 0, "method": "opd", "measure": "reverse_kl",
+                                                      "per_token": 0.4321, "tokens": 7}}})
     store.close()
-    return {"db": db, "pipeline": pipeline, "skill": skill, "ab": ab.evaluation_id, "efficacy": efficacy,
+    return {"db": db, "pipeline": pipeline, "spark_eps": spark_eps, "opd_step": 0, "skill": skill,
+            "ab": ab.evaluation_id, "efficacy": efficacy,
             "dataset": dataset, "hostile": hostile, "cascade_run": cascade_run, "cascade_ep": cascade_ep,
             "runs": runs, "n_runs": n_runs, "shots": root / "shots"}
 
@@ -230,6 +261,25 @@ def test_episode_transcript_shows_observations_actions_and_model_calls(filled, s
     page.close()
 
 
+def test_spark_memo_pdi_and_opd_divergence_are_shown(filled, server, browser):
+    failed, passed = filled["spark_eps"]
+    page, response, _ = _open(browser, server + f"/episodes/{failed}")
+    assert response.status == 200
+    assert "attempt 0: FAIL" in page.inner_text("#spark")
+    memo = page.locator("#spark pre").inner_text()
+    assert "### Commands" in memo and "- look" in memo and "step limit reached" in memo
+    pdi = page.inner_text("#pdi")
+    assert "weighted_pdi" in pdi and "triggered" in pdi
+    page.close()
+    page, _, _ = _open(browser, server + f"/episodes/{passed}")
+    assert "attempt 1: PASS" in page.inner_text("#spark")
+    page.close()
+    page, _, _ = _open(browser, server + f"/episodes/{filled['cascade_ep']}")
+    note = page.locator(f"#step-{filled['opd_step']} .divergence").inner_text()
+    assert "opd per-turn divergence" in note and "reverse_kl 0.4321 per token over 7 tokens (iteration 0)" in note
+    page.close()
+
+
 def test_a_filter_narrows_the_runs_list(filled, server, browser):
     page, _, _ = _open(browser, server + "/")
     all_rows = page.locator("tr.run-row").count()
@@ -354,3 +404,26 @@ def test_checkpoint_page_shows_its_training_curve(filled, tmp_path, browser):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_lists_are_paged_in_sql_and_a_running_run_refreshes_itself(tmp_path):
+    """61 runs: 50 on the first page with a link to the next, 11 on the second; a running run's pages reload."""
+    from fastapi.testclient import TestClient
+
+    from agentdistill.view.app import create_app
+
+    store = Store.open(str(tmp_path / "p.db"))
+    ids = [store.create_run(f"r{i}", {}) for i in range(61)]
+    for run_id in ids[1:]:
+        store.set_run_status(run_id, "done")
+    client = TestClient(create_app(store))
+    first = client.get("/?status=done").text
+    assert first.count('class="run-row"') == 50 and "next &rarr;" in first and "previous" not in first
+    assert 'http-equiv="refresh"' not in first  # nothing running on this page
+    second = client.get("/?status=done&p=2").text
+    assert second.count('class="run-row"') == 10 and "previous" in second and "next &rarr;" not in second
+    assert 'href="?status=done&amp;p=1"' in second  # the filter is kept across pages
+    running = client.get(f"/runs/{ids[0]}")
+    assert running.status_code == 200 and '<meta http-equiv="refresh" content="3">' in running.text
+    assert "default-src 'none'" in running.headers["content-security-policy"]  # no script may run, ours included
+    store.close()

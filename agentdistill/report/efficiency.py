@@ -86,12 +86,14 @@ def episode_efficiency(store: Store, episode_ids: Iterable[int]) -> dict[int, Ef
     out: dict[int, Efficiency] = {}
     if not ids:
         return out
-    best = (select(Episode.task_id, func.min(Episode.n_steps).label("best"))
-            .where(Episode.role == "teacher", Episode.status == "done", Episode.success.is_(True),
-                   Episode.n_steps > 0, latest_attempt())
-            .group_by(Episode.task_id).subquery())
     with store.session() as s:
         for chunk in _chunks(ids):
+            # the reference of only this chunk's tasks: a page of episodes never scans every teacher episode
+            tasks = select(Episode.task_id).where(Episode.id.in_(chunk)).scalar_subquery()
+            best = (select(Episode.task_id, func.min(Episode.n_steps).label("best"))
+                    .where(Episode.task_id.in_(tasks), Episode.role == "teacher", Episode.status == "done",
+                           Episode.success.is_(True), Episode.n_steps > 0, latest_attempt())
+                    .group_by(Episode.task_id).subquery())
             for eid, ref in s.execute(select(Episode.id, best.c.best).outerjoin(best, best.c.task_id == Episode.task_id)
                                       .where(Episode.id.in_(chunk))):
                 out[eid] = Efficiency(reference_steps=int(ref or 0))
