@@ -37,7 +37,7 @@ def print_table(report: dict) -> None:
             "teacher", "train s", "wall s"]
     print("  ".join(c.ljust(w) if i in (0, 4) else c.rjust(w) for i, (c, w) in enumerate(zip(cols, widths))))
     for r in efficacy.rows(report):
-        arm, eps, succ, diff, verdict, score, steps, _tin, _tout, cost, teacher, train, wall = r
+        arm, eps, succ, diff, verdict, score, steps, _tin, _tout, cost, teacher, *_efficiency, train, wall = r
         vals = [arm, eps, succ, diff, verdict or "", score, steps, cost, teacher, train, wall]
         print("  ".join(v.ljust(w) if i in (0, 4) else v.rjust(w) for i, (v, w) in enumerate(zip(vals, widths))))
     for line in efficacy.conclusions(report):

@@ -152,3 +152,41 @@ def test_runs_show_prints_the_efficiency_columns(store_path):
     teacher = next(line for line in r.stdout.splitlines() if line.strip().startswith("teacher"))
     assert student.split()[-3:][0] == "80%" and student.split()[-1] == "unknown"
     assert teacher.split()[-3:] == ["0%", "1.00", "unknown"]
+
+
+def test_frames_efficiency_and_viewer_queries_on_sqlite_and_postgresql(db_url):
+    """The SQL behind dataframes, efficiency and the viewer's pages, on both databases the store supports."""
+    from fastapi.testclient import TestClient
+
+    from agentdistill import frames
+    from agentdistill.view.app import create_app
+
+    store = Store.open(db_url)
+    run = store.create_run("both", {"env": {"name": "textworld"}})
+    task = store.task_id("textworld", "easy", 0, "test", goal="eat the apple")
+    teacher = store.start_episode(run, 0, task, role="teacher", policy_id="expert")
+    for i, action in enumerate(["go south", "take apple", "eat apple"]):
+        store.add_step(teacher, StepRecord(i, f"room {i}", action, answered_by="expert"))
+    store.finish_episode(teacher, success=True, score=100.0)
+    student = store.start_episode(run, 1, task, role="student", policy_id="llm:openai/x", model="openai/x")
+    call = {"model": "openai/x", "messages": [{"role": "user", "content": "room"}], "outputs": ["Action: look"],
+            "prompt_tokens": 100, "params": {"n": 1, "cached_prompt_tokens": 25}}
+    for i in range(6):
+        store.add_step(student, StepRecord(i, f"room {i}", "look" if i % 2 else "LOOK", answered_by="openai/x",
+                                           calls=[call]))
+    store.finish_episode(student, success=False, score=0.0)
+    store.set_run_status(run, "done")
+    eff = episode_efficiency(store, [teacher, student])
+    assert eff[student].repetition_rate == pytest.approx(5 / 6) and eff[student].step_overhead == 2.0
+    assert eff[student].cache_utilization == 0.25 and eff[teacher].cache_utilization is None
+    eps = frames.episodes(store, env="textworld", efficiency=True)
+    assert eps.set_index("role").step_overhead_ratio.to_dict() == {"teacher": 1.0, "student": 2.0}
+    assert len(frames.steps(store, role="student")) == 6 and len(frames.model_calls(store, model="openai/x")) == 6
+    client = TestClient(create_app(store))
+    assert "both" in client.get("/?env=textworld&model=openai").text
+    assert 'class="run-row"' not in client.get("/?env=scienceworld").text
+    page = client.get(f"/runs/{run}?outcome=failure").text
+    assert f"/episodes/{student}" in page and f"/episodes/{teacher}" not in page and "83%" in page
+    transcript = client.get(f"/episodes/{student}").text
+    assert transcript.count('class="step"') == 6 and "(25 cached)" in transcript and "prompt cache 25%" in transcript
+    store.close()
