@@ -470,13 +470,19 @@ def report_costs(
     rows = cost_report(store, spec)
     base = rows[0]
     table = Table(box=box.SIMPLE_HEAD)
-    for col in ("policy", "eps", "success [95% CI]", "$/episode", "teacher steps", f"cost vs {base.label}"):
+    for col in ("policy", "eps", "success [95% CI]", "$/episode", "teacher steps", f"cost vs {base.label}", "repeat",
+                "overhead", "cache"):
         table.add_column(col, justify="left" if col == "policy" else "right")
+    from agentdistill.report.efficiency import fmt_ratio
+
     for r in rows:
         ratio = r.ratio_to(base)
+        eff = r.efficiency
         table.add_row(r.label, str(r.episodes), f"{r.success:.0%} [{r.success_low:.0%}, {r.success_high:.0%}]",
-                      f"{r.cost_per_episode:.5f}", f"{r.teacher_step_share:.0%}", "-" if ratio is None else f"{ratio:.2f}x cheaper")
-    console.print(table)
+                      f"{r.cost_per_episode:.5f}", f"{r.teacher_step_share:.0%}", "-" if ratio is None else f"{ratio:.2f}x cheaper",
+                      fmt_ratio(eff and eff.repetition_rate, percent=True), fmt_ratio(eff and eff.step_overhead),
+                      fmt_ratio(eff and eff.cache_utilization, percent=True))
+    (console if console.is_terminal else Console(width=200)).print(table)  # a pipe has no width to fit
     if index:
         upfront = DemoIndex.load(index).upfront_cost
         for r in rows[1:]:

@@ -190,3 +190,11 @@ def test_frames_efficiency_and_viewer_queries_on_sqlite_and_postgresql(db_url):
     transcript = client.get(f"/episodes/{student}").text
     assert transcript.count('class="step"') == 6 and "(25 cached)" in transcript and "prompt cache 25%" in transcript
     store.close()
+
+
+def test_report_costs_prints_the_efficiency_columns(store_path):
+    db, run_id = store_path
+    r = run_cli("report", "costs", f"teacher={run_id}:teacher", f"student={run_id}:student", "--db", db)
+    assert r.returncode == 0, r.stderr
+    student = next(line for line in r.stdout.splitlines() if line.strip().startswith("student"))
+    assert student.split()[-3:][0] == "80%" and student.split()[-1] == "unknown" and float(student.split()[-2]) > 1

@@ -1,7 +1,7 @@
 """Cost report for in-context distillation: teacher alone, student alone, student + ICD, cascade.
 
 Per policy: success with a bootstrap 95% interval, cost per episode, share of steps the teacher
-answered. Against the teacher: the cost ratio, and the upfront cost of the demos (the teacher
+answered, the efficiency metrics of report.efficiency. Against the teacher: the cost ratio, and the upfront cost of the demos (the teacher
 episodes behind the index) with the number of episodes after which the cascade has paid for it.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from agentdistill.report.efficiency import Efficiency, episode_efficiency, pooled
 from agentdistill.report.stats import bootstrap_ci
 from agentdistill.store.models import Episode
 from agentdistill.store.store import Store
@@ -24,6 +25,7 @@ class PolicyCost:
     success_high: float
     cost_per_episode: float
     teacher_step_share: float  # steps answered by the teacher (cascades); 1.0 for the teacher itself
+    efficiency: Efficiency | None = None  # repeated actions, step overhead, prompt cache (report.efficiency)
 
     def ratio_to(self, other: PolicyCost) -> float | None:
         return other.cost_per_episode / self.cost_per_episode if self.cost_per_episode > 0 else None
@@ -53,10 +55,13 @@ def policy_cost(label: str, episodes: list[Episode]) -> PolicyCost:
 
 def cost_report(store: Store, runs: dict[str, tuple[str, str]]) -> list[PolicyCost]:
     """`runs`: label -> (run id, role) for each policy compared."""
-    return [
-        policy_cost(label, store.episodes(run_id=run_id, role=role, with_steps=True))
-        for label, (run_id, role) in runs.items()
-    ]
+    out = []
+    for label, (run_id, role) in runs.items():
+        episodes = store.episodes(run_id=run_id, role=role, with_steps=True)
+        row = policy_cost(label, episodes)
+        row.efficiency = pooled(episode_efficiency(store, [e.id for e in episodes if e.status == "done"]).values())
+        out.append(row)
+    return out
 
 
 def break_even(upfront: float, teacher: PolicyCost, cascade: PolicyCost) -> float | None:
