@@ -75,7 +75,7 @@ def run_detail(store: Store, run_id: str) -> dict[str, Any]:
     with store.session() as s:
         run = s.get(Run, run_id)
         if run is None:
-            found = s.scalars(select(Run).where(Run.id.startswith(run_id)).limit(2)).all() if run_id else []
+            found = s.scalars(select(Run).where(Run.id.startswith(run_id, autoescape=True)).limit(2)).all() if run_id else []
             if len(found) != 1:
                 raise NotFound(f"no run {run_id!r} in this store")
             run = found[0]
