@@ -295,11 +295,17 @@ class Store:
                 st.info = {**(st.info or {}), **scrub(notes[st.idx])}
 
     def add_step(self, episode_id: int, step: StepRecord) -> int:
-        """Commit one step and its model calls in one transaction."""
-        with self.session() as s, s.begin():
-            step_id = s.execute(insert(Step).returning(Step.id), [step.row(episode_id)]).scalar_one()
-            if step.calls:
-                s.execute(insert(ModelCall), [call_row(step_id, c) for c in step.calls])
+        """Commit one step and its model calls in one transaction (SQLAlchemy Core, not an ORM session: this is
+        the write every step of every episode makes; benchmarks/store_write_rate.py)."""
+        steps, calls = Step.__table__, ModelCall.__table__
+        with self.engine.begin() as conn:
+            step_id = conn.execute(insert(steps).returning(steps.c.id), step.row(episode_id)).scalar_one()
+            rows = [call_row(step_id, c) for c in step.calls]
+            if len({frozenset(r) for r in rows}) == 1:  # one executemany
+                conn.execute(insert(calls), rows)
+            else:  # calls with different fields (a cascade's student and teacher): one insert each
+                for r in rows:
+                    conn.execute(insert(calls), r)
             return step_id
 
     def add_steps(self, episode_id: int, steps: Iterable[StepRecord]) -> int:
