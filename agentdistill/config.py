@@ -117,6 +117,11 @@ class RunnerSpec(_Strict):
         return self
 
 
+# where a run's episodes are played, not what they are: kept out of pipeline stages' input keys, so a stage
+# finished on one executor is reused on another (and keys recorded before these options existed still match)
+PLACEMENT = frozenset({"executor", "address", "cpus_per_episode", "gpus_per_episode", "resources"})
+
+
 # ---- pipeline stages (collect -> distill -> eval -> report) ----------------------------------------
 NAME = r"^[a-z][a-z0-9_-]{0,39}$"  # stage and arm names: short, lowercase, usable in paths
 RESERVED_ARMS = ("base", "teacher")

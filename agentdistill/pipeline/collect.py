@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from agentdistill.agents.rollout import first_variations, resume_run, run_recipe
-from agentdistill.config import Recipe, parse_recipe
+from agentdistill.config import PLACEMENT, Recipe, parse_recipe
 from agentdistill.envs import make
 from agentdistill.pipeline.run import StageContext, StageDef
 from agentdistill.store.store import Store
@@ -24,13 +24,15 @@ def collect_recipe(recipe: Recipe) -> Recipe:
                 "variations": c.variations, "options": recipe.env.options},
         "teacher": teacher.model_dump(mode="json", exclude_none=True),
         "runner": {"concurrency": recipe.runner.concurrency, "seeds": c.seeds,
-                   "max_steps": c.max_steps or teacher.max_steps or recipe.runner.max_steps},
+                   "max_steps": c.max_steps or teacher.max_steps or recipe.runner.max_steps,
+                   **recipe.runner.model_dump(mode="json", include=set(PLACEMENT))},
     }, "collect stage")
 
 
 def stage(recipe: Recipe) -> StageDef:
     sub = collect_recipe(recipe)
-    return StageDef("collect", "collect", sub.model_dump(mode="json", exclude={"name"}), [], lambda ctx: run(ctx, sub),
+    key = sub.model_dump(mode="json", exclude={"name": True, "runner": set(PLACEMENT)})
+    return StageDef("collect", "collect", key, [], lambda ctx: run(ctx, sub),
                     summary=lambda o: f"{o.get('episodes', 0)} teacher episodes, {o.get('successes', 0)} successful"
                                       + (", reused from the store" if o.get("reused_episodes") else ""))
 

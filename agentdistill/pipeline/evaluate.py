@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from agentdistill.agents.rollout import resume_run, run_recipe
-from agentdistill.config import CHECKPOINT_METHODS, ArmSpec, Recipe, parse_recipe
+from agentdistill.config import CHECKPOINT_METHODS, PLACEMENT, ArmSpec, Recipe, parse_recipe
 from agentdistill.pipeline.run import StageContext, StageDef
 
 CASCADE_SAMPLES, CASCADE_TEMPERATURE = 3, 0.7
@@ -39,7 +39,7 @@ def stage(recipe: Recipe, arm: str) -> StageDef:
             [definition.icd] if definition.icd else [])
         deps = [f"distill.{u}" for u in dict.fromkeys(uses)]
     config = {"arm": definition.model_dump(mode="json") if definition else "teacher",
-              "env": eval_env(recipe), "runner": eval_runner(recipe),
+              "env": eval_env(recipe), "runner": {k: v for k, v in eval_runner(recipe).items() if k not in PLACEMENT},
               "teacher": recipe.teacher.model_dump(mode="json"), "student": recipe.student.model_dump(mode="json")}
     return StageDef(f"eval.{arm}", "eval", config, deps, lambda ctx: run(ctx, arm, definition),
                     summary=_summary)
