@@ -1,0 +1,79 @@
+"""The ray executor vs the local executor on one machine, for the same plan, in one run.
+
+Both play the same recipe (the environment's expert teacher: no model, so the figure is the executor's
+own overhead: actor processes, their imports and env starts, scheduling, the reply per episode) into the
+same store, alternating local / ray `--repeat` times; each wall time is the whole `run_recipe` call. The
+Ray cluster is a local one started here once, in this process (`ray.init`, a private temp dir), and its
+start is printed apart: on a real cluster it is already up. Goal: ray / local <= 1.15.
+
+Run: python benchmarks/ray_vs_local.py [--env scienceworld] [--variations 4] [--concurrency 2] [--repeat 2]
+     [--db postgresql://...]   (default: a SQLite file in a temp dir, allowed with a cluster on this machine)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+TASKS = {"scienceworld": ["lifespan-longest-lived", "power-component", "identify-life-stages-2"],
+         "textworld": ["easy", "medium"]}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--env", default="scienceworld", choices=sorted(TASKS))
+    ap.add_argument("--variations", type=int, default=4)
+    ap.add_argument("--concurrency", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--db", default=None)
+    args = ap.parse_args()
+
+    import ray
+
+    from agentdistill.agents.rollout import run_recipe
+    from agentdistill.config import parse_recipe
+    from agentdistill.store.store import Store
+
+    tmp = tempfile.mkdtemp(prefix="ad-ray-bench-")
+    t0 = time.perf_counter()
+    ray.init(address="local", num_cpus=args.concurrency, object_store_memory=100_000_000, include_dashboard=False,
+             _temp_dir=os.path.join(tmp, "ray"), logging_level="WARNING", log_to_driver=False)
+    cluster_start = time.perf_counter() - t0
+    store = Store.open(args.db or os.path.join(tmp, "bench.db"))
+
+    def recipe(executor: str):
+        return parse_recipe({"name": f"bench-{executor}",
+                             "env": {"name": args.env, "split": "train", "tasks": TASKS[args.env],
+                                     "variations": args.variations},
+                             "teacher": {"policy": "expert"},
+                             "runner": {"concurrency": args.concurrency, "max_steps": 40, "executor": executor}})
+
+    times: dict[str, list[float]] = {"local": [], "ray": []}
+    steps: dict[str, int] = {}
+    for _ in range(args.repeat):
+        for executor in ("local", "ray"):
+            t0 = time.perf_counter()
+            run_id = run_recipe(store, recipe(executor), progress=False)
+            times[executor].append(time.perf_counter() - t0)
+            eps = store.episodes(run_id=run_id, with_calls=False)
+            assert all(e.status == "done" and e.success for e in eps), "an episode failed"
+            steps[executor] = sum(e.n_steps for e in eps)
+    n = len(store.episodes(run_id=run_id, with_calls=False))
+    print(f"plan: {n} expert episodes on {args.env} ({steps['ray']} steps), concurrency {args.concurrency}, "
+          f"store {store.engine.url.get_backend_name()}; {os.cpu_count()} CPU cores, shared with whatever else runs here")
+    print(f"local Ray cluster start (once, not counted): {cluster_start:.1f} s")
+    for executor in ("local", "ray"):
+        print(f"  {executor:>5}: " + ", ".join(f"{t:.1f} s" for t in times[executor])
+              + f"   median {statistics.median(times[executor]):.1f} s")
+    ratio = statistics.median(times["ray"]) / statistics.median(times["local"])
+    print(f"ray / local (median wall time) = {ratio:.2f}  (goal <= 1.15)")
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

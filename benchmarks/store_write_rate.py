@@ -1,0 +1,180 @@
+"""Sustained store write rate to PostgreSQL from N concurrent writers, the way Ray env actors write.
+
+Each writer is its own process with its own Store (as each actor on a cluster is) and plays the runner's
+path: open an episode, commit each step in its own transaction together with one model-call row
+(a step is committed before the next action), finish the episode; again and again for `--seconds`.
+Goal: >= 2,000 steps/s in all, enough for 1,000 concurrent episodes at 2 steps/s each.
+
+The server is a throwaway one started here from the system's binaries (apt: postgresql) with its default
+durability (fsync on, synchronous_commit on), or `--url` for an existing server.
+Run: python benchmarks/store_write_rate.py [--writers 1,4,8,16] [--seconds 10] [--url postgresql://...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+OBS = "This room is called the kitchen. In it, you see: a stove, a sink, a fridge, a table. " * 3
+CALL = {"model": "openai/gpt-4.1-mini", "messages": [{"role": "user", "content": OBS}], "outputs": ["go north"],
+        "params": {"temperature": 0.0}, "prompt_tokens": 300, "completion_tokens": 5, "cost": 0.0001, "latency": 0.4}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def throwaway_postgres():
+    def binary(name):
+        found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+        return found[-1] if found else shutil.which(name)
+
+    initdb, postgres = binary("initdb"), binary("postgres")
+    if not (initdb and postgres):
+        raise SystemExit("PostgreSQL server binaries not found: apt-get install postgresql, or pass --url")
+    data = Path(tempfile.mkdtemp(prefix="ad-bench-pg-"))
+    as_user = []
+    if os.geteuid() == 0:
+        shutil.chown(data, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_user, initdb, "-D", str(data / "db"), "-U", "bench", "--auth=trust", "-E", "UTF8"],
+                   check=True, capture_output=True)
+    port = _free_port()
+    proc = subprocess.Popen([*as_user, postgres, "-D", str(data / "db"), "-p", str(port), "-k", str(data),
+                             "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import psycopg
+
+    deadline = time.time() + 30
+    while True:
+        try:
+            with psycopg.connect(f"postgresql://bench@127.0.0.1:{port}/postgres", autocommit=True) as c:
+                c.execute("CREATE DATABASE bench")
+            break
+        except psycopg.OperationalError:
+            if time.time() > deadline:
+                proc.kill()
+                raise SystemExit("PostgreSQL did not start within 30 s")
+            time.sleep(0.3)
+    try:
+        postmaster = int((data / "db" / "postmaster.pid").read_text().split()[0])  # not runuser's pid
+        yield f"postgresql://bench@127.0.0.1:{port}/bench", postmaster
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def server_cpu(pid: int | None) -> float:
+    """CPU seconds the PostgreSQL server has used: the postmaster, its live backends and the reaped ones."""
+    if pid is None:
+        return 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def times(p, children):
+        stat = Path(f"/proc/{p}/stat").read_text()
+        f = stat[stat.rindex(")") + 2:].split()
+        return (int(f[11]) + int(f[12]) + ((int(f[13]) + int(f[14])) if children else 0)) / tick
+
+    total = times(pid, True)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                if int(stat[stat.rindex(")") + 2:].split()[1]) == pid:
+                    total += times(entry.name, False)
+            except (OSError, ValueError, IndexError):
+                continue
+    return total
+
+
+def writer(url: str, run_id: str, index: int, ready, go, seconds: float, out) -> None:
+    from agentdistill.store.store import StepRecord, Store
+
+    store = Store.open(url, migrate_fresh=False)
+    tid = store.task_id("scienceworld", "boil", index, "test")
+    ready.put(index)
+    go.wait()  # every writer imported and connected before the clock starts
+    steps = episodes = 0
+    end = time.time() + seconds
+    plan = index * 1_000_000
+    while time.time() < end:
+        ep = store.start_episode(run_id, plan + episodes, tid, role="teacher", policy_id="llm")
+        for i in range(10):
+            store.add_step(ep, StepRecord(i, OBS, f"go to room {i}", reward=0.0, done=i == 9, next_observation=OBS,
+                                          thought="I should move on.", info={"score": i}, answered_by="llm",
+                                          prompt_tokens=300, completion_tokens=5, cost=0.0001, latency=0.4,
+                                          calls=[CALL]))
+            steps += 1
+            if time.time() >= end:
+                break
+        store.finish_episode(ep, status="done", success=True)
+        episodes += 1
+    store.close()
+    out.put(steps)
+
+
+def measure(url: str, n: int, seconds: float, server_pid: int | None) -> tuple[float, float]:
+    from agentdistill.store.store import Store
+
+    store = Store.open(url)
+    run_id = store.create_run(f"write-rate-{n}", {})
+    store.close()
+    ctx = mp.get_context("spawn")
+    out, ready, go = ctx.Queue(), ctx.Queue(), ctx.Event()
+    procs = [ctx.Process(target=writer, args=(url, run_id, i, ready, go, seconds, out)) for i in range(n)]
+    for p in procs:
+        p.start()
+    for _ in procs:
+        ready.get(timeout=300)
+    cpu0 = server_cpu(server_pid)
+    go.set()
+    total = sum(out.get(timeout=seconds + 120) for _ in procs)
+    for p in procs:
+        p.join()
+    time.sleep(0.5)  # backends exit and are reaped: their CPU time moves to the postmaster's children
+    return total / seconds, server_cpu(server_pid) - cpu0
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--writers", default="1,4,8,16")
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--url", default=None, help="an existing PostgreSQL database (default: a throwaway server)")
+    args = ap.parse_args()
+    counts = [int(x) for x in args.writers.split(",")]
+
+    def run(url, pid):
+        print(f"one transaction per step + a model-call row, {args.seconds:g} s per row; {os.cpu_count()} CPU cores "
+              f"shared by the writers and the server (and whatever else runs here)")
+        print(f"{'writers':>8} {'steps/s':>10} {'vs goal 2000':>13} {'server CPU ms/step':>19} "
+              f"{'steps/s per server core':>24}")
+        for n in counts:
+            rate, cpu = measure(url, n, args.seconds, pid)
+            per_step = cpu / max(rate * args.seconds, 1) * 1000
+            per_core = f"{1000 / per_step:.0f}" if pid and per_step > 0 else "-"
+            print(f"{n:>8} {rate:>10.0f} {rate / 2000:>12.2f}x {per_step if pid else float('nan'):>19.3f} {per_core:>24}")
+
+    if args.url:  # a remote server: its CPU cannot be read from here
+        run(args.url, None)
+    else:
+        with throwaway_postgres() as (url, pid):
+            run(url, pid)
+
+
+if __name__ == "__main__":
+    main()
