@@ -582,7 +582,7 @@ def serve(
 @app.command()
 def view(
     db: DbOpt = None,
-    port: Annotated[int, typer.Option(help="Port.")] = 8765,
+    port: Annotated[str, typer.Option(help="Port.")] = "8765",  # text: a bad value is our one-line error
     host: Annotated[str, typer.Option(help="Bind address; beyond localhost needs --expose.")] = "127.0.0.1",
     expose: Annotated[bool, typer.Option("--expose", help="Allow binding beyond localhost (anyone who reaches it reads every trajectory).")] = False,
 ) -> None:
@@ -592,23 +592,24 @@ def view(
     """
     import socket
 
-    if not 1 <= port <= 65535:
-        raise AgentDistillError(f"--port {port}: use a port between 1 and 65535")
+    if not port.strip().isdigit() or not 1 <= int(port) <= 65535:
+        raise AgentDistillError(f"--port {port}: use a port number between 1 and 65535")
+    number = int(port)
     if not _loopback(host) and not expose:
         raise AgentDistillError(f"--host {host} is reachable beyond this machine: add --expose if every trajectory in "
                                 "the store may be read from there")
     store = _store(db, create=False)
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         try:
-            probe.bind((host, port))
+            probe.bind((host, number))
         except OSError as e:
-            raise AgentDistillError(f"cannot listen on {host}:{port} ({e.strerror or e}): choose another --port") from None
+            raise AgentDistillError(f"cannot listen on {host}:{number} ({e.strerror or e}): choose another --port") from None
     import uvicorn
 
     from agentdistill.view.app import create_app
 
-    console.print(f"agentdistill view on http://{host}:{port}/ (read-only; Ctrl-C to stop)", highlight=False)
-    uvicorn.run(create_app(store), host=host, port=port, log_level="warning")
+    console.print(f"agentdistill view on http://{host}:{number}/ (read-only; Ctrl-C to stop)", highlight=False)
+    uvicorn.run(create_app(store), host=host, port=number, log_level="warning")
 
 
 def _loopback(host: str) -> bool:

@@ -351,6 +351,7 @@ def test_missing_ids_are_a_404_page_and_bad_input_one_line(filled, server, brows
     for args, fragment in ((["--db", str(missing)], "no store at"),
                            (["--db", "notadialect://x/y"], "bad database URL"),
                            (["--db", filled["db"], "--port", "70000"], "--port 70000"),
+                           (["--db", filled["db"], "--port", "http"], "--port http: use a port number"),
                            (["--db", filled["db"], "--port", server.rsplit(":", 1)[1]], "cannot listen on"),
                            (["--db", filled["db"], "--host", "0.0.0.0"], "--expose")):
         r = run_cli("view", *args, timeout=60)
