@@ -191,6 +191,7 @@ def _count(url: str, sql: str) -> list:
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.postgres
 def test_ray_executor_stores_exactly_the_episodes_of_the_local_executor(cluster, pg, tmp_path):
     # TextWorld: its games play the same whatever instance plays them (a ScienceWorld JVM lists objects in an
@@ -222,6 +223,7 @@ def test_ray_executor_stores_exactly_the_episodes_of_the_local_executor(cluster,
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.postgres
 def test_resume_after_the_driver_is_killed_finishes_the_plan_without_duplicates(cluster, pg, tmp_path):
     recipe = _recipe(tmp_path, "ray", cluster.address, variations=3, name="driver-kill")
@@ -261,6 +263,7 @@ def test_resume_after_the_driver_is_killed_finishes_the_plan_without_duplicates(
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.postgres
 def test_a_worker_node_killed_mid_run_loses_no_step_and_its_episodes_are_retried(cluster, pg, tmp_path):
     recipe = _recipe(tmp_path, "ray", cluster.address, variations=3, name="node-kill")
@@ -339,3 +342,21 @@ def test_an_address_where_no_cluster_answers_is_one_line(tmp_path, pg):
     assert len(lines) == 1 and "no Ray cluster answers there" in lines[0] and "ray start --head" in lines[0], p.stderr
     assert SECRET not in p.stderr
     assert not [r for r in Store.open(pg).list_runs() if r["run"].name == "nobody"]
+
+
+def test_ray_options_need_the_ray_executor_and_stay_out_of_stage_keys():
+    from agentdistill.config import parse_recipe
+    from agentdistill.errors import ConfigError
+    from agentdistill.pipeline.collect import collect_recipe
+    from agentdistill.pipeline.run import plan
+
+    with pytest.raises(ConfigError, match='address, gpus_per_episode and resources are for executor = "ray"'):
+        parse_recipe({"teacher": {"policy": "expert"}, "runner": {"address": "10.0.0.5:6379"}})
+    base = {"teacher": {"policy": "expert"}, "student": {"model": "local/smollm2-135m"}, "collect": {},
+            "eval": {"arms": ["base", "teacher"]}}
+    local = parse_recipe(base)
+    remote = parse_recipe({**base, "runner": {"executor": "ray", "address": "10.0.0.5:6379", "cpus_per_episode": 2}})
+    # where episodes run is not what they are: a stage finished on one executor is reused on the other
+    assert [(st.name, st.config) for st in plan(local)] == [(st.name, st.config) for st in plan(remote)]
+    # ... and the collect stage's episodes run where the recipe says
+    assert collect_recipe(remote).runner.executor == "ray" and collect_recipe(remote).runner.cpus_per_episode == 2
