@@ -19,6 +19,7 @@ import asyncio
 import ipaddress
 import logging
 import os
+import re
 import socket
 from typing import Any
 
@@ -211,6 +212,8 @@ class RayExecutor(Executor):
         self._free: asyncio.Queue = asyncio.Queue()
         self._all: list[Any] = []
         self.lost = 0  # actors that died under an attempt
+        self._failed_starts = 0  # new actors lost before their first episode, in a row
+        self.fatal: str | None = None
         for _ in range(size):
             self._free.put_nowait(self._new())  # all start now, in parallel
 
@@ -226,22 +229,31 @@ class RayExecutor(Executor):
         number of times."""
         ray = _ray()
         actor, ready = await self._free.get()
-        delay = 0.5
+        delay, cause = 0.5, ""
         for _ in range(MAX_STARTS):
+            if self.fatal:  # actors cannot start at all here: fail fast instead of retrying every slot
+                break
             if ready is None:
                 return actor
             try:
                 await ready
+                self._failed_starts = 0
                 return actor
             except ray.exceptions.RayError as e:
-                log.warning("a new env actor was lost before its first episode (%s): starting another", _first_line(e))
+                cause = _cause(e)
+                log.warning("a new env actor was lost before its first episode (%s): starting another", cause)
                 self._retire(actor)
+                self._failed_starts += 1
+                if self._failed_starts >= MAX_STARTS:
+                    self.fatal = (f"no env actor stayed up on the cluster after {MAX_STARTS} starts in a row ({cause}): "
+                                  "check the nodes (`ray status`), and that agentdistill, the env's data and the "
+                                  "store are reachable from each")
+                    break
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, 10.0)
                 actor, ready = self._new()
         self._free.put_nowait((actor, ready))
-        raise AttemptLost(f"no env actor stayed up on the cluster after {MAX_STARTS} starts: check the nodes "
-                          "(`ray status`) and that agentdistill and the env's data are installed on each")
+        raise AttemptLost(self.fatal or f"no env actor stayed up after {MAX_STARTS} starts ({cause})")
 
     async def play(self, runner: Runner, spec: EpisodeSpec, episode_id: int, attempt: int) -> str:
         ray = _ray()
@@ -283,6 +295,16 @@ class RayExecutor(Executor):
             except Exception as e:
                 log.debug("killing an env actor failed: %s", e)
         self._all.clear()
+
+
+def _cause(e: BaseException) -> str:
+    """What killed an actor: the exception its constructor raised (the last `SomeError: ...` line of Ray's
+    report), else the report's first line."""
+    for line in reversed(str(e).strip().splitlines()):
+        m = re.match(r"\s*([\w.]*(Error|Exception|Exit|Interrupt)): (.+)", line)
+        if m:
+            return redact(f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(3).strip()}")[:300]
+    return _first_line(e)
 
 
 def _first_line(e: BaseException) -> str:
