@@ -61,10 +61,12 @@ class LocalServer:
 
 class OpenAIStub(LocalServer):
     def __init__(self, reply: str | Callable[[dict[str, Any]], str] = "Action: look around", latency: float = 0.0,
-                 failures: list[int | str | dict] | None = None):
+                 failures: list[int | str | dict] | None = None, cached_tokens: int | None = None):
         """`failures`: what to answer the first requests with, in order, before succeeding: an HTTP status,
-        "empty" (200 with no choices), or {"status": 429, "headers": {"Retry-After": "2"}, "json": {...}}."""
+        "empty" (200 with no choices), or {"status": 429, "headers": {"Retry-After": "2"}, "json": {...}}.
+        `cached_tokens`: reported as the prompt tokens served from the provider's cache (as OpenAI does)."""
         self.reply = reply
+        self.cached_tokens = cached_tokens
         self.latency = latency
         self.failures = list(failures or [])
         self.seen: list[dict[str, Any]] = []
@@ -111,7 +113,9 @@ class OpenAIStub(LocalServer):
                 {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
                 for i in range(n)
             ],
-            "usage": {"prompt_tokens": 20, "completion_tokens": 4 * n, "total_tokens": 20 + 4 * n},
+            "usage": {"prompt_tokens": 20, "completion_tokens": 4 * n, "total_tokens": 20 + 4 * n,
+                      **({"prompt_tokens_details": {"cached_tokens": self.cached_tokens}}
+                         if self.cached_tokens is not None else {})},
         }
 
     @property

@@ -128,3 +128,23 @@ def test_missing_key_env_var_is_a_clear_error(monkeypatch):
 def test_known_api_models_are_priced_from_litellm():
     m = LiteLLMModel("openai/gpt-4o-mini")
     assert m.price.input_per_mtok > 0 and m.price.output_per_mtok > m.price.input_per_mtok
+
+
+def test_a_providers_cached_prompt_tokens_reach_the_store_and_the_cache_utilization(tmp_path):
+    """OpenAI-style `usage.prompt_tokens_details.cached_tokens` is kept with the call; a provider that
+    reports none leaves the utilization unknown, not 0."""
+    from agentdistill.agents.rollout import run_recipe
+    from agentdistill.config import parse_recipe
+    from agentdistill.report.efficiency import episode_efficiency
+
+    store = Store.open(str(tmp_path / "s.db"))
+    got = {}
+    for cached in (15, None):
+        with OpenAIStub(reply="Action: look around", cached_tokens=cached) as server:
+            recipe = parse_recipe({"env": {"tasks": ["power-component"], "variations": 1},
+                                   "student": {"model": "openai/cache", "api_base": server.url},
+                                   "runner": {"max_steps": 2}})
+            (ep,) = store.episodes(run_id=run_recipe(store, recipe, progress=False), with_steps=True)
+        assert all(st.calls[0].params.get("cached_prompt_tokens") == cached for st in ep.steps)
+        got[cached] = episode_efficiency(store, [ep.id])[ep.id].cache_utilization
+    assert got[15] == pytest.approx(15 / 20) and got[None] is None

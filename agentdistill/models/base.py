@@ -23,6 +23,7 @@ class Completion:
     cost: float = 0.0
     latency: float = 0.0
     finish_reason: str | None = None
+    cached_prompt_tokens: int | None = None  # prompt tokens the provider served from its cache; None: not reported
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -31,11 +32,13 @@ class Completion:
 def call_record(
     model: str, messages: list[Message], params: dict[str, Any], completions: list[Completion]
 ) -> dict[str, Any]:
-    """The ModelCall row for one request (see store.models.ModelCall)."""
+    """The ModelCall row for one request (see store.models.ModelCall). A provider's cached prompt count
+    goes into the params (report.efficiency reads it there), only when reported."""
+    cached = completions[0].cached_prompt_tokens if completions else None
     return {
         "model": model,
         "messages": messages,
-        "params": params,
+        "params": params if cached is None else {**params, "cached_prompt_tokens": cached},
         "outputs": [c.text for c in completions],
         "prompt_tokens": completions[0].prompt_tokens if completions else 0,
         "completion_tokens": sum(c.completion_tokens for c in completions),

@@ -90,6 +90,9 @@ class LiteLLMModel(ChatModel):
         usage = getattr(resp, "usage", None)
         prompt = int(getattr(usage, "prompt_tokens", 0) or 0)
         completion_total = int(getattr(usage, "completion_tokens", 0) or 0)
+        details = getattr(usage, "prompt_tokens_details", None)  # OpenAI-style prompt cache accounting
+        cached = getattr(details, "cached_tokens", None) if details is not None else None
+        cached = int(cached) if isinstance(cached, (int, float)) and not isinstance(cached, bool) and cached >= 0 else None
         choices = resp.choices
         per = completion_total // max(len(choices), 1)
         # the prompt is paid once per call: spread its cost evenly over the samples
@@ -106,6 +109,7 @@ class LiteLLMModel(ChatModel):
                 cost=prompt_share + self.price.cost(0, per),
                 latency=latency,
                 finish_reason="length" if len(c.message.content or "") > limit else getattr(c, "finish_reason", None),
+                cached_prompt_tokens=cached,
             )
             for c in choices
         ]
