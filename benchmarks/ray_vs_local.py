@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -73,6 +74,8 @@ def main():
     ratio = statistics.median(times["ray"]) / statistics.median(times["local"])
     print(f"ray / local (median wall time) = {ratio:.2f}  (goal <= 1.15)")
     ray.shutdown()
+    store.close()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,6 +120,7 @@ def cluster():
         yield c
     finally:
         c.stop()
+        shutil.rmtree(c.tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
