@@ -36,6 +36,13 @@ def _paged(rows: list[Any], number: int, size: int) -> Page:
     return Page(rows[:size], number, size, len(rows) > size)
 
 
+def _newest_first(store: Store, model, number: int, size: int) -> Page:
+    """One page of a table's rows, newest first (one row more than the page tells whether another follows)."""
+    with store.session() as s:
+        rows = list(s.scalars(select(model).order_by(model.id.desc()).offset((number - 1) * size).limit(size + 1)))
+    return _paged(rows, number, size)
+
+
 # ---- runs ----------------------------------------------------------------------------------------------
 def runs_page(store: Store, *, kind: str = "", status: str = "", env: str = "", model: str = "", number: int = 1,
               size: int = 50) -> Page:
@@ -208,10 +215,7 @@ def _get(store: Store, model, key: int, what: str):
 
 
 def evaluations_page(store: Store, number: int = 1, size: int = 50) -> Page:
-    with store.session() as s:
-        rows = list(s.scalars(select(Evaluation).order_by(Evaluation.id.desc()).offset((number - 1) * size)
-                              .limit(size + 1)))
-    return _paged(rows, number, size)
+    return _newest_first(store, Evaluation, number, size)
 
 
 def evaluation(store: Store, evaluation_id: int) -> Evaluation:
@@ -228,10 +232,7 @@ def skill_version_label(store: Store, version_id: int | None) -> dict[str, Any] 
 
 
 def checkpoints_page(store: Store, number: int = 1, size: int = 50) -> Page:
-    with store.session() as s:
-        rows = list(s.scalars(select(Checkpoint).order_by(Checkpoint.id.desc()).offset((number - 1) * size)
-                              .limit(size + 1)))
-    return _paged(rows, number, size)
+    return _newest_first(store, Checkpoint, number, size)
 
 
 def checkpoint(store: Store, checkpoint_id: int) -> Checkpoint:
@@ -252,9 +253,7 @@ def training_curve(ckpt: Checkpoint) -> dict[str, Any] | None:
 
 
 def datasets_page(store: Store, number: int = 1, size: int = 50) -> Page:
-    with store.session() as s:
-        rows = list(s.scalars(select(Dataset).order_by(Dataset.id.desc()).offset((number - 1) * size).limit(size + 1)))
-    return _paged(rows, number, size)
+    return _newest_first(store, Dataset, number, size)
 
 
 def dataset(store: Store, dataset_id: int) -> Dataset:
