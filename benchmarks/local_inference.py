@@ -5,7 +5,10 @@
 2. at 8 concurrent episodes: batching on vs off;
 3. llama.cpp (`llamacpp/smollm2-135m`, the GGUF as shipped) vs transformers (`local/smollm2-135m`):
    generated tokens per second on the same stored prompts, one request at a time (goal >= 4x), and
-   episodes per minute at 1 and 8 concurrent episodes.
+   episodes per minute at 1 and 8 concurrent episodes;
+4. a student carrying a skill pack (Trace2Skill, distilled from the warm-up's expert episodes, inline in
+   the system prompt as the efficacy table's pack arms run it): transformers' prefix cache on vs off at 8
+   concurrent episodes, episodes per minute.
 
 Run: python benchmarks/local_inference.py [--episodes 8] [--steps 5]
 """
@@ -23,6 +26,8 @@ from agentdistill.agents.runner import EnvPool, Runner, make_plan  # noqa: E402
 from agentdistill.envs import make  # noqa: E402
 from agentdistill.models.llamacpp import LlamaCppModel  # noqa: E402
 from agentdistill.models.local import LocalModel  # noqa: E402
+from agentdistill.models.prefix_cache import PrefixCache  # noqa: E402
+from agentdistill.skills.trace2skill import TraceAnalyst, distill  # noqa: E402
 from agentdistill.store.store import Store  # noqa: E402
 
 
@@ -53,6 +58,7 @@ def main():
     ap.add_argument("--episodes", type=int, default=8)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=48, help="for the tokens/s comparison")
+    ap.add_argument("--pack-steps", type=int, default=3, help="steps per episode with the skill pack")
     args = ap.parse_args()
     n = args.episodes
     envs = [make("textworld") for _ in range(n)]
@@ -85,6 +91,17 @@ def main():
                        for s in e.steps for c in s.calls]
             tps_hf, tok_hf = tokens_per_second(unbatched, prompts, args.max_tokens)
             tps_ll, tok_ll = tokens_per_second(llama, prompts, args.max_tokens)
+            experts = store.episodes(run_id=warm.run_id, with_steps=True)
+            pack = distill(store, experts, name="tw-pack", analyst=TraceAnalyst()).version
+            pack_tokens = len(batched.tokenizer(pack.pack.as_prompt())["input_ids"])
+            with_pack = LLMPolicy(batched, max_tokens=24, history=2, skills=[(pack.pack, pack.id)])
+            pack_secs = {}
+            for label, prefixes in [("prefix cache off", None), ("prefix cache on", PrefixCache())]:
+                batched._loaded.prefixes = prefixes
+                secs, steps, _ = episodes(store, envs, plan, with_pack, n, args.pack_steps, f"pack, {label}")
+                pack_secs[label] = secs
+                print(f"skill pack, {label:17s} concurrency {n}: {n} episodes, {steps} steps in {secs:6.1f} s = "
+                      f"{n / secs * 60:5.1f} episodes/min", flush=True)
     finally:
         for env in envs:
             env.close()
@@ -98,6 +115,8 @@ def main():
           f"tokens/s = {tps_ll / tps_hf:.2f}x (goal >= 4x; {tok_ll} vs {tok_hf} tokens)")
     print(f"   episodes/min at 1: {epm[('llama.cpp', 1)] / epm[('transformers, batched', 1)]:.2f}x, at {n}: "
           f"{epm[('llama.cpp', n)] / epm[('transformers, batched', n)]:.2f}x (llama.cpp vs batched transformers)")
+    print(f"4. a {pack_tokens}-token skill pack in the system prompt, {n} concurrent episodes: prefix cache on vs off "
+          f"{pack_secs['prefix cache off'] / pack_secs['prefix cache on']:.2f}x episodes/min")
 
 
 if __name__ == "__main__":

@@ -130,11 +130,14 @@ def test_a_jvm_killed_at_start_reset_and_step_costs_only_the_episode_in_flight(d
 
 def test_with_retries_every_episode_still_succeeds_and_every_attempt_is_kept(dying_env, tmp_path):
     dying_env.kill = {"reset": {2}, "step": {7}}
-    store, run_id = _run(tmp_path, attempts=2, fail_on_error=0.0)
+    # concurrency decides which episode plays the 7th step: it may be the retry of the one whose reset
+    # died, so two kills can cost one episode two attempts; a third always succeeds
+    store, run_id = _run(tmp_path, attempts=3, fail_on_error=0.0)
     final = store.episodes(run_id=run_id)
     assert len(final) == 6 and all(e.status == "done" and e.success for e in final)
     every = store.episodes(run_id=run_id, attempts="all")
     failed = [e for e in every if e.status == "error"]
-    assert len(every) == 8 and len(failed) == 2 and all(e.attempt == 0 for e in failed)
-    retried = {e.plan_index for e in failed}
-    assert {e.plan_index for e in final if e.attempt == 1} == retried
+    assert len(every) == 8 and len(failed) == 2
+    for e in failed:  # each failed attempt is kept, and the episode's final attempt is a later one
+        assert any(f.plan_index == e.plan_index and f.attempt > e.attempt for f in final)
+    assert {(e.plan_index, e.attempt) for e in every} == {(e.plan_index, e.attempt) for e in failed + final}

@@ -68,3 +68,34 @@ def test_stop_strings_cut_each_request_in_a_batch(models):
     for (g,), full in zip(got, fulls):  # each request cut at its own first stop string, or left whole
         assert stop not in g.text and g.text == (full[: full.index(stop)] if stop in full else full)
         assert g.finish_reason == "stop" or stop not in full
+
+
+def test_a_long_system_prompt_is_prefilled_once_and_greedy_outputs_do_not_change():
+    from agentdistill.models.prefix_cache import PrefixCache
+
+    model = LocalModel("local/smollm2-135m", dtype="float32")  # fp32: the comparison is exact, not bf16-noisy
+    rules = " ".join(f"Rule {i}: examine the room, then open what is closed before you take item {i}."
+                     for i in range(40))
+    system = {"role": "system", "content": f"{SYSTEM['content']} {rules}"}
+    chats = [[system, c[1]] for c in CHATS[:4]]
+    loaded = model._loaded
+    loaded.prefixes = None  # the reference: every call prefills its whole prompt
+    want = [model.complete(c, max_tokens=16)[0] for c in chats]
+    assert all(w.cached_prompt_tokens is None for w in want)
+    loaded.prefixes = cache = PrefixCache(min_tokens=512)
+    try:
+        first = model.complete(chats[0], max_tokens=16)[0]  # computes and keeps the system prompt's KV
+        got = _concurrently(model, [(c, 16) for c in chats])  # served from it, batched
+        other = model.complete([SYSTEM, CHATS[0][1]], max_tokens=16)[0]  # below min_tokens: not cached
+    finally:
+        loaded.prefixes = PrefixCache()
+    prefix_len = len(next(iter(cache._entries)))
+    assert prefix_len >= 512 and len(cache._entries) == 1
+    assert first.cached_prompt_tokens == 0 and first.text == want[0].text
+    for (g,), w in zip(got, want):
+        assert g.text == w.text and g.prompt_tokens == w.prompt_tokens and g.completion_tokens == w.completion_tokens
+        assert g.cached_prompt_tokens == prefix_len < g.prompt_tokens
+    assert other.cached_prompt_tokens == 0
+    # a trainer's live weights change every step: no prefix of theirs is ever kept
+    live = LocalModel.from_model("student", model.model, model.tokenizer)
+    assert live._loaded.prefixes is None

@@ -53,7 +53,7 @@ def fill_samples(completions: list[Completion], n: int, price, latency: float | 
     head = completions[0]
     while len(completions) < n:
         completions.append(Completion(head.text, head.model, head.prompt_tokens, 0, 0.0, head.latency,
-                                      head.finish_reason))
+                                      head.finish_reason, head.cached_prompt_tokens))
     share = price.cost(head.prompt_tokens, 0) / len(completions)
     for c in completions:
         c.cost = share + price.cost(0, c.completion_tokens)

@@ -22,6 +22,7 @@ from agentdistill.errors import ConfigError
 from agentdistill.models.base import ChatModel, Completion, Message, fill_samples
 from agentdistill.models.batching import Batcher, Request
 from agentdistill.models.cost import Price, resolve_price
+from agentdistill.models.prefix_cache import PrefixCache, shared_system_prefix
 from agentdistill.paths import cache_dir
 
 # name -> (pip package that ships the GGUF, file inside it)
@@ -138,6 +139,7 @@ class _Loaded:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.lock = threading.Lock()  # one generate at a time: torch already uses every core
+        self.prefixes: PrefixCache | None = PrefixCache()  # fixed weights: long system prompts are reused
 
     def batcher(self, max_batch: int) -> Batcher:
         """The weights' request batcher, started on first use; each batch is answered by the LocalModel
@@ -179,6 +181,7 @@ class LocalModel(ChatModel):
         self.price = resolve_price(model_id, price)
         loaded = _Loaded.__new__(_Loaded)
         loaded.model, loaded.tokenizer, loaded.lock = model, tokenizer, threading.Lock()
+        loaded.prefixes = None  # the weights change under training: a cached prefix would go stale
         # a trainer's fp32 master weights: generate under bf16 autocast where that is native (2x faster)
         device = next(model.parameters()).device.type
         loaded.autocast = next(model.parameters()).dtype == torch.float32 and native_bf16(device)
@@ -208,14 +211,21 @@ class LocalModel(ChatModel):
         prompts = [tok.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=True, return_dict=False)
                    for r in requests]
         prompts = [p["input_ids"] if isinstance(p, dict) else list(p) for p in prompts]
+        prefixes = self._loaded.prefixes
+        prefix = shared_system_prefix(tok, requests, prompts) if prefixes is not None else None
+        start = len(prefix) if prefixes is not None and prefixes.usable(prefix) else 0
         first = requests[0]
         sample = first.temperature > 0
         copies = [r.n if sample else 1 for r in requests]  # greedy samples are identical: decode once
         rows = [p for p, c in zip(prompts, copies) for _ in range(c)]
+        # [shared prefix | left padding | own suffix]: positions come from the mask, so the padding in
+        # the middle is skipped and every suffix continues right after the prefix
         width = max(len(p) for p in rows)
         pad = tok.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in rows], device=self.model.device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows], device=self.model.device)
+        input_ids = torch.tensor([p[:start] + [pad] * (width - len(p)) + p[start:] for p in rows],
+                                 device=self.model.device)
+        mask = torch.tensor([[1] * start + [0] * (width - len(p)) + [1] * (len(p) - start) for p in rows],
+                            device=self.model.device)
         limit = max(r.max_tokens for r in requests)
         gen_kwargs: dict[str, Any] = dict(max_new_tokens=limit, do_sample=sample, pad_token_id=pad)
         if sample:
@@ -226,18 +236,22 @@ class LocalModel(ChatModel):
             gen_kwargs.update(stop_strings=list(first.stop), tokenizer=tok)
         autocast = torch.autocast(self.model.device.type, dtype=torch.bfloat16,
                                   enabled=getattr(self._loaded, "autocast", False))
+        cached = None if prefixes is None else 0  # prompt tokens served from the prefix cache
         with self._loaded.lock, torch.inference_mode(), autocast:
             t0 = time.perf_counter()  # inside the lock: latency is compute, not queueing
+            if start:
+                gen_kwargs["past_key_values"], hit = prefixes.get(self.model, prefix, len(rows))
+                cached = start if hit else 0
             out = self.model.generate(input_ids=input_ids, attention_mask=mask, **gen_kwargs)
             latency = time.perf_counter() - t0
         results, row = [], 0
         for r, prompt, c in zip(requests, prompts, copies):
-            completions = [self._completion(out[row + j, width:], r, len(prompt), latency) for j in range(c)]
+            completions = [self._completion(out[row + j, width:], r, len(prompt), latency, cached) for j in range(c)]
             row += c
             results.append(fill_samples(completions, r.n, self.price))
         return results
 
-    def _completion(self, new, request: Request, prompt_len: int, latency: float) -> Completion:
+    def _completion(self, new, request: Request, prompt_len: int, latency: float, cached: int | None) -> Completion:
         tok = self.tokenizer
         new = new[: request.max_tokens]  # a batch decodes to its longest request's limit
         ends = (new == tok.pad_token_id).nonzero()
@@ -248,4 +262,4 @@ class LocalModel(ChatModel):
         for s in request.stop:  # generate stops after the stop string; the API convention cuts it off
             if s in text:
                 text, finish = text[: text.index(s)], "stop"
-        return Completion(text, self.id, prompt_len, len(new), 0.0, latency, finish)
+        return Completion(text, self.id, prompt_len, len(new), 0.0, latency, finish, cached)
