@@ -53,12 +53,28 @@ def tokens_per_second(model, prompts, max_tokens: int) -> tuple[float, int]:
     return tokens / (time.perf_counter() - t0), tokens
 
 
+def pack_speedup(store, envs, plan, model, expert_run: str, steps: int) -> tuple[int, dict[str, float]]:
+    """Seconds for the plan with a Trace2Skill pack inline, the prefix cache off then on."""
+    experts = store.episodes(run_id=expert_run, with_steps=True)
+    pack = distill(store, experts, name="tw-pack", analyst=TraceAnalyst()).version
+    tokens = len(model.tokenizer(pack.pack.as_prompt())["input_ids"])
+    with_pack = LLMPolicy(model, max_tokens=24, history=2, skills=[(pack.pack, pack.id)])
+    secs = {}
+    for label, prefixes in [("prefix cache off", None), ("prefix cache on", PrefixCache())]:
+        model._loaded.prefixes = prefixes
+        secs[label], n_steps, _ = episodes(store, envs, plan, with_pack, len(plan), steps, f"pack, {label}")
+        print(f"skill pack, {label:17s} concurrency {len(plan)}: {len(plan)} episodes, {n_steps} steps in "
+              f"{secs[label]:6.1f} s = {len(plan) / secs[label] * 60:5.1f} episodes/min", flush=True)
+    return tokens, secs
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--episodes", type=int, default=8)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=48, help="for the tokens/s comparison")
     ap.add_argument("--pack-steps", type=int, default=3, help="steps per episode with the skill pack")
+    ap.add_argument("--pack-only", action="store_true", help="measure only 4. (the prefix cache)")
     args = ap.parse_args()
     n = args.episodes
     envs = [make("textworld") for _ in range(n)]
@@ -80,6 +96,11 @@ def main():
             asyncio.run(warm.run(plan, pool, n, progress=False))
             for m in (batched, llama):
                 m.complete([{"role": "user", "content": "warm-up"}], max_tokens=4)
+            pack_tokens, pack_secs = pack_speedup(store, envs, plan, batched, warm.run_id, args.pack_steps)
+            if args.pack_only:
+                return print(f"4. a {pack_tokens}-token skill pack in the system prompt, {n} concurrent episodes: "
+                             f"prefix cache on vs off {pack_secs['prefix cache off'] / pack_secs['prefix cache on']:.2f}x "
+                             "episodes/min")
             for label, model, conc in [("transformers, batched", batched, 1), ("transformers, batched", batched, n),
                                        ("transformers, unbatched", unbatched, n), ("llama.cpp", llama, 1),
                                        ("llama.cpp", llama, n)]:
@@ -91,17 +112,6 @@ def main():
                        for s in e.steps for c in s.calls]
             tps_hf, tok_hf = tokens_per_second(unbatched, prompts, args.max_tokens)
             tps_ll, tok_ll = tokens_per_second(llama, prompts, args.max_tokens)
-            experts = store.episodes(run_id=warm.run_id, with_steps=True)
-            pack = distill(store, experts, name="tw-pack", analyst=TraceAnalyst()).version
-            pack_tokens = len(batched.tokenizer(pack.pack.as_prompt())["input_ids"])
-            with_pack = LLMPolicy(batched, max_tokens=24, history=2, skills=[(pack.pack, pack.id)])
-            pack_secs = {}
-            for label, prefixes in [("prefix cache off", None), ("prefix cache on", PrefixCache())]:
-                batched._loaded.prefixes = prefixes
-                secs, steps, _ = episodes(store, envs, plan, with_pack, n, args.pack_steps, f"pack, {label}")
-                pack_secs[label] = secs
-                print(f"skill pack, {label:17s} concurrency {n}: {n} episodes, {steps} steps in {secs:6.1f} s = "
-                      f"{n / secs * 60:5.1f} episodes/min", flush=True)
     finally:
         for env in envs:
             env.close()

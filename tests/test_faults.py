@@ -42,6 +42,35 @@ def test_retry_after_is_honoured_and_bounded():
         assert time.perf_counter() - t0 < 5  # a server cannot park the run for an hour
 
 
+def test_a_run_whose_episodes_all_fail_exits_non_zero_in_one_line(tmp_path):
+    """`agentdistill run` reports a run whose every episode errored: exit 1 and a one-line verdict, every
+    attempt stored; a recipe that tolerates the failures (fail_on_error = 1) exits 0."""
+    pytest.importorskip("textworld")
+    import sqlite3
+
+    from tests.conftest import run_cli
+
+    with OpenAIStub(failures=[400] * 100) as stub:  # a client error: not retried, each step fails at once
+        for tolerate, code in [(0.0, 1), (1.0, 0)]:
+            recipe = tmp_path / f"r{tolerate}.toml"
+            recipe.write_text(f'[env]\nname = "textworld"\nsplit = "test"\ntasks = ["easy"]\nvariations = 2\n'
+                              f'[student]\nmodel = "openai/stub"\napi_base = "{stub.url}"\n'
+                              f'[runner]\nmax_steps = 3\nmax_attempts = 2\nfail_on_error = {tolerate}\n')
+            db = tmp_path / f"s{tolerate}.db"
+            p = run_cli("run", str(recipe), "--db", str(db), "--no-progress")
+            assert p.returncode == code, (p.stdout, p.stderr)
+            assert "Traceback" not in p.stderr
+            if code:
+                # one warning line per failed attempt as it happens, then the verdict in one line
+                *warnings, verdict = p.stderr.strip().splitlines()
+                assert len(warnings) == 4 and all(" failed: " in w for w in warnings), warnings
+                assert "2 of 2 episodes ended in error after up to 2 attempt(s)" in verdict
+            rows = sqlite3.connect(db).execute("SELECT status, attempt FROM episodes ORDER BY plan_index, attempt")
+            assert sorted(rows) == [("error", 0), ("error", 0), ("error", 1), ("error", 1)]  # every attempt kept
+            status = sqlite3.connect(db).execute("SELECT status FROM runs").fetchone()[0]
+            assert status == ("error" if code else "done")
+
+
 # ---- dead environments ----------------------------------------------------------------------------
 class _Faults:
     """Which calls (counted across every instance in the process) kill the instance's JVM first."""
