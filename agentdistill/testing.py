@@ -4,16 +4,88 @@
 stand-ins in tests/): a threaded HTTP server on a free local port, run while in a `with` block.
 `OpenAIStub` is an OpenAI-compatible stand-in: fixed latency per call, scripted failures, and a
 record of what it received. It is not a model: it answers with a fixed reply, or with what a given
-function of the request returns (scripted answers)."""
+function of the request returns (scripted answers).
+`throwaway_postgres` starts a real PostgreSQL server from the system's binaries for a test or a
+benchmark, and removes it afterwards."""
 
 from __future__ import annotations
 
+import glob
 import json
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PostgresUnavailable(Exception):
+    """No PostgreSQL server could be started here; the message says why and what to install."""
+
+
+def _pg_binary(name: str) -> str | None:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found[-1] if found else shutil.which(name)
+
+
+@contextmanager
+def throwaway_postgres(user: str, database: str, *settings: str) -> Iterator[tuple[str, int]]:
+    """A PostgreSQL server on 127.0.0.1 in a temporary directory (apt: postgresql), with `database`
+    created: yields its URL (no password: trust auth) and the postmaster's pid; stopped and removed on
+    exit. `settings` are server options, e.g. "fsync=off" for tests that need no durability."""
+    initdb, postgres = _pg_binary("initdb"), _pg_binary("postgres")
+    if not (initdb and postgres):
+        raise PostgresUnavailable("PostgreSQL server binaries not found: apt-get install postgresql")
+    as_user: list[str] = []
+    data = Path(tempfile.mkdtemp(prefix="ad-pg-"))
+    if os.geteuid() == 0:  # initdb refuses root: run the server as the postgres system user
+        if not shutil.which("runuser"):
+            raise PostgresUnavailable("running as root without runuser: cannot start PostgreSQL as the postgres user")
+        shutil.chown(data, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    proc = None
+    try:
+        subprocess.run([*as_user, initdb, "-D", str(data / "db"), "-U", user, "--auth=trust", "-E", "UTF8"],
+                       check=True, capture_output=True)
+        port = free_port()
+        options = [a for s in ("listen_addresses=127.0.0.1", *settings) for a in ("-c", s)]
+        proc = subprocess.Popen([*as_user, postgres, "-D", str(data / "db"), "-p", str(port), "-k", str(data),
+                                 *options], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import psycopg
+
+        deadline = time.time() + 30
+        while True:
+            try:
+                with psycopg.connect(f"postgresql://{user}@127.0.0.1:{port}/postgres", autocommit=True) as conn:
+                    conn.execute(f'CREATE DATABASE "{database}"')
+                break
+            except psycopg.OperationalError:
+                if time.time() > deadline or proc.poll() is not None:
+                    raise PostgresUnavailable("PostgreSQL did not start within 30 s") from None
+                time.sleep(0.3)
+        postmaster = int((data / "db" / "postmaster.pid").read_text().split()[0])  # not runuser's pid
+        yield f"postgresql://{user}@127.0.0.1:{port}/{database}", postmaster
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(data, ignore_errors=True)
 
 
 class QuietHandler(BaseHTTPRequestHandler):

@@ -13,70 +13,18 @@ Run: python benchmarks/store_write_rate.py [--writers 1,4,8,16] [--seconds 10] [
 from __future__ import annotations
 
 import argparse
-import glob
 import multiprocessing as mp
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
+from agentdistill.testing import PostgresUnavailable, throwaway_postgres  # noqa: E402
+
 OBS = "This room is called the kitchen. In it, you see: a stove, a sink, a fridge, a table. " * 3
 CALL = {"model": "openai/gpt-4.1-mini", "messages": [{"role": "user", "content": OBS}], "outputs": ["go north"],
         "params": {"temperature": 0.0}, "prompt_tokens": 300, "completion_tokens": 5, "cost": 0.0001, "latency": 0.4}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def throwaway_postgres():
-    def binary(name):
-        found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-        return found[-1] if found else shutil.which(name)
-
-    initdb, postgres = binary("initdb"), binary("postgres")
-    if not (initdb and postgres):
-        raise SystemExit("PostgreSQL server binaries not found: apt-get install postgresql, or pass --url")
-    data = Path(tempfile.mkdtemp(prefix="ad-bench-pg-"))
-    as_user = []
-    if os.geteuid() == 0:
-        shutil.chown(data, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_user, initdb, "-D", str(data / "db"), "-U", "bench", "--auth=trust", "-E", "UTF8"],
-                   check=True, capture_output=True)
-    port = _free_port()
-    proc = subprocess.Popen([*as_user, postgres, "-D", str(data / "db"), "-p", str(port), "-k", str(data),
-                             "-c", "listen_addresses=127.0.0.1", "-c", "max_connections=200"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import psycopg
-
-    deadline = time.time() + 30
-    while True:
-        try:
-            with psycopg.connect(f"postgresql://bench@127.0.0.1:{port}/postgres", autocommit=True) as c:
-                c.execute("CREATE DATABASE bench")
-            break
-        except psycopg.OperationalError:
-            if time.time() > deadline:
-                proc.kill()
-                raise SystemExit("PostgreSQL did not start within 30 s")
-            time.sleep(0.3)
-    try:
-        postmaster = int((data / "db" / "postmaster.pid").read_text().split()[0])  # not runuser's pid
-        yield f"postgresql://bench@127.0.0.1:{port}/bench", postmaster
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        shutil.rmtree(data, ignore_errors=True)
 
 
 def server_cpu(pid: int | None) -> float:
@@ -172,8 +120,11 @@ def main():
     if args.url:  # a remote server: its CPU cannot be read from here
         run(args.url, None)
     else:
-        with throwaway_postgres() as (url, pid):
-            run(url, pid)
+        try:  # the server's default durability (fsync, synchronous_commit on): what a real store runs with
+            with throwaway_postgres("bench", "bench", "max_connections=200") as (url, pid):
+                run(url, pid)
+        except PostgresUnavailable as e:
+            raise SystemExit(f"{e}, or pass --url") from None
 
 
 if __name__ == "__main__":

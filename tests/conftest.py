@@ -3,31 +3,18 @@ server (started here from the system's binaries), llama-cpp-python's OpenAI-comp
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
-import socket
 import subprocess
-import tempfile
-import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
+from agentdistill.testing import PostgresUnavailable, free_port, throwaway_postgres  # noqa: F401 (free_port: for tests)
+
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pg_bin(name: str) -> str | None:
-    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return found[-1] if found else shutil.which(name)
 
 
 @pytest.fixture(scope="session")
@@ -36,44 +23,12 @@ def pg_url():
     if os.environ.get("AGENTDISTILL_TEST_PG"):
         yield os.environ["AGENTDISTILL_TEST_PG"]
         return
-    initdb, postgres = _pg_bin("initdb"), _pg_bin("postgres")
-    if not (initdb and postgres):
-        pytest.skip("PostgreSQL server binaries not found: apt-get install postgresql (or set AGENTDISTILL_TEST_PG)")
-    as_user: list[str] = []
-    data = Path(tempfile.mkdtemp(prefix="ad-pg-"))
-    if os.geteuid() == 0:  # initdb refuses root: run the server as the postgres system user
-        if not shutil.which("runuser"):
-            pytest.skip("running as root without runuser: cannot start PostgreSQL as the postgres user")
-        shutil.chown(data, "postgres", "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
-    subprocess.run(
-        [*as_user, initdb, "-D", str(data / "db"), "-U", "agentdistill", "--auth=trust", "-E", "UTF8"],
-        check=True,
-        capture_output=True,
-    )
-    port = free_port()
-    proc = subprocess.Popen(
-        [*as_user, postgres, "-D", str(data / "db"), "-p", str(port), "-k", str(data), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    import psycopg
-
-    deadline = time.time() + 30
-    while True:
+    with ExitStack() as stack:
         try:
-            with psycopg.connect(f"postgresql://agentdistill@127.0.0.1:{port}/postgres", autocommit=True) as conn:
-                conn.execute("CREATE DATABASE agentdistill_test")
-            break
-        except psycopg.OperationalError:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail("PostgreSQL did not start within 30 s")
-            time.sleep(0.3)
-    yield f"postgresql://agentdistill@127.0.0.1:{port}/agentdistill_test"
-    proc.terminate()
-    proc.wait(timeout=30)
-    shutil.rmtree(data, ignore_errors=True)
+            url, _ = stack.enter_context(throwaway_postgres("agentdistill", "agentdistill_test", "fsync=off"))
+        except PostgresUnavailable as e:
+            pytest.skip(f"{e} (or set AGENTDISTILL_TEST_PG)")
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
