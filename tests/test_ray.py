@@ -362,3 +362,31 @@ def test_ray_options_need_the_ray_executor_and_stay_out_of_stage_keys():
     assert [(st.name, st.config) for st in plan(local)] == [(st.name, st.config) for st in plan(remote)]
     # ... and the collect stage's episodes run where the recipe says
     assert collect_recipe(remote).runner.executor == "ray" and collect_recipe(remote).runner.cpus_per_episode == 2
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.postgres
+def test_eval_arms_play_side_by_side_on_the_cluster(cluster, pg, tmp_path):
+    from agentdistill.testing import OpenAIStub
+
+    with OpenAIStub("Action: look") as stub:  # the student: an API model every actor reaches
+        recipe = tmp_path / "arms.toml"
+        recipe.write_text(f'name = "arms"\n[env]\nname = "textworld"\nsplit = "test"\ntasks = ["easy"]\nvariations = 2\n'
+                          f'[teacher]\npolicy = "expert"\n[student]\nmodel = "openai/stub"\napi_base = "{stub.url}"\n'
+                          f'[runner]\nconcurrency = 2\nmax_steps = 3\nexecutor = "ray"\naddress = "{cluster.address}"\n'
+                          '[collect]\nsplit = "train"\nvariations = 1\n[eval]\narms = ["base", "teacher"]\n'
+                          '[report]\nbase = "base"\n')
+        p = _cli("run", str(recipe), "--db", pg, "--no-progress")
+    assert p.returncode == 0, p.stderr[-2000:]
+    store = Store.open(pg)
+    arms = [r["run"] for r in store.list_runs() if r["run"].name in ("arms:base", "arms:teacher")]
+    assert sorted(r.name for r in arms) == ["arms:base", "arms:teacher"] and all(r.status == "done" for r in arms)
+    # both arms were in flight at once: each started before the other finished
+    assert max(r.created_at for r in arms) < min(r.finished_at for r in arms), [(r.created_at, r.finished_at) for r in arms]
+    for r in arms:
+        eps = store.episodes(run_id=r.id)
+        assert len(eps) == 2 and all(e.status == "done" for e in eps)
+        assert all((e.metrics or {}).get("ray") for e in eps)  # played in the cluster's actors
+    assert sum(e.success for r in arms for e in store.episodes(run_id=r.id) if r.name == "arms:teacher") == 2
+    assert "base" in p.stdout and "teacher" in p.stdout  # the report's table

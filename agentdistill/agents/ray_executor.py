@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import socket
+import threading
 from typing import Any
 
 from agentdistill.agents.runner import EpisodeSpec, Executor, Runner
@@ -28,6 +29,7 @@ from agentdistill.errors import AgentDistillError, ConfigError
 from agentdistill.secrets import redact
 
 log = logging.getLogger(__name__)
+_CONNECTING = threading.Lock()
 
 
 def _ray():
@@ -103,15 +105,16 @@ class RayCluster:
             except OSError as e:
                 raise ConfigError(f"runner.address {address}: no Ray cluster answers there ({e.strerror or e}): "
                                   "start one (`ray start --head`) or fix the address") from None
-        if not ray.is_initialized():
-            try:
-                local = {"include_dashboard": False} if address in (None, "local") else {}
-                ray.init(address=address or "local", logging_level=logging.WARNING, log_to_driver=False,
-                         configure_logging=False, **local)
-            except Exception as e:  # a port that is not Ray's, a version mismatch, ...
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-                raise ConfigError(f"cannot join the Ray cluster at {address or 'a new local cluster'} ({first}): "
-                                  "check runner.address and that the cluster runs the same Ray version") from None
+        with _CONNECTING:  # eval arms connect from several threads at once: one ray.init
+            if not ray.is_initialized():
+                try:
+                    local = {"include_dashboard": False} if address in (None, "local") else {}
+                    ray.init(address=address or "local", logging_level=logging.WARNING, log_to_driver=False,
+                             configure_logging=False, **local)
+                except Exception as e:  # a port that is not Ray's, a version mismatch, ...
+                    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+                    raise ConfigError(f"cannot join the Ray cluster at {address or 'a new local cluster'} ({first}): "
+                                      "check runner.address and that the cluster runs the same Ray version") from None
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         remote = sorted({n["NodeManagerAddress"] for n in nodes} - _local_ips())
         if address and address.startswith("ray://"):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -144,8 +145,20 @@ def run_pipeline(store: Store, recipe: Recipe, *, run_id: str | None = None, sta
     mine = {(s.name, s.key): s for s in store.stages(run_id)}
     outputs: dict[str, dict[str, Any]] = {}
     stale: list[str] = []
+    # on a cluster, eval arms play side by side (each arm's episodes already fan out over the actors);
+    # the local executor plays them one after another, as they compete for the same cores
+    side_by_side = recipe.runner.executor == "ray"
+    pending: list[tuple[StageDef, str]] = []
+
+    def flush() -> None:
+        if pending:
+            outputs.update(_execute_together(store, run_id, pending, recipe, outputs, mine, say))
+            pending.clear()
+
     try:
         for i, st in enumerate(stages):
+            if st.kind != "eval":
+                flush()
             missing = [d for d in st.deps if d not in outputs]
             if missing:
                 if chosen is not None and i not in chosen:
@@ -166,7 +179,11 @@ def run_pipeline(store: Store, recipe: Recipe, *, run_id: str | None = None, sta
                 if chosen is not None:  # --only: a stage whose inputs changed is left for a later run
                     stale.append(st.name)
                     continue
+            if side_by_side and st.kind == "eval":
+                pending.append((st, key))
+                continue
             outputs[st.name] = _execute(store, run_id, st, key, recipe, outputs, mine, progress, say)
+        flush()
         if stale:
             say(f"not run (their inputs changed; --only ran only {only}): {', '.join(stale)}; "
                 f"refresh them with --from {stale[0]}")
@@ -182,6 +199,32 @@ def _reusable(store: Store, st: StageDef, key: str):
         if st.still_there(prior.outputs):
             return prior
     return None
+
+
+def _execute_together(store: Store, run_id: str, stages: list[tuple[StageDef, str]], recipe: Recipe, outputs, mine,
+                      say) -> dict[str, dict[str, Any]]:
+    """Stages that only read finished outputs, run at once in threads (no progress bars: they would
+    interleave). Every stage runs to its end; then the first failure, if any, is raised. Threads are
+    daemons: on Ctrl-C the process leaves, and `--resume` continues the arms in flight like any
+    interrupted stage."""
+    results: dict[str, dict[str, Any]] = {}
+    errors: list[BaseException] = []
+
+    def one(st: StageDef, key: str) -> None:
+        try:
+            results[st.name] = _execute(store, run_id, st, key, recipe, outputs, mine, False, say)
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(st, key), name=st.name, daemon=True) for st, key in stages]
+    for t in threads:
+        t.start()
+    for t in threads:
+        while t.is_alive():
+            t.join(0.5)  # a short wait: Ctrl-C reaches the main thread at once
+    if errors:
+        raise errors[0]
+    return results
 
 
 def _execute(store: Store, run_id: str, st: StageDef, key: str, recipe: Recipe, outputs, mine, progress, say):
