@@ -1043,6 +1043,7 @@ def skills_spark(
     max_steps: Annotated[int, typer.Option(help="Step limit per attempt.")] = 30,
     pdi: Annotated[str, typer.Option(help="Posterior Distillation Index: off, observe or intervene.")] = "intervene",
     pdi_method: Annotated[str, typer.Option(help="token_overlap or js_divergence.")] = "token_overlap",
+    concurrency: Annotated[int, typer.Option(min=1, help="Tasks explored at once (each its own env and memo).")] = 1,
     db: DbOpt = None,
 ) -> None:
     """SPARK: explore each task with retries and an evolving memo (PDI online), distill the verified runs.
@@ -1074,7 +1075,8 @@ def skills_spark(
         probe.close()
     refl = TraceReflector() if reflector == "trace" else LLMReflector(make_model(reflector))
     run_id, outcomes = run_spark(store, policy, env, tasks, max_attempts=attempts, max_steps=max_steps, pdi=pdi,
-                                 pdi_method=pdi_method, reflector=refl, run_name=f"spark-{name}")
+                                 pdi_method=pdi_method, reflector=refl, run_name=f"spark-{name}",
+                                 concurrency=concurrency)
     for o in outcomes:
         trail = ", ".join(f"{a.status} {a.score}" for a in o.attempts)
         pdis = ", ".join(f"{s.weighted_pdi:.2f}{'*' if s.triggered else ''}" for s in o.pdi) or "-"

@@ -213,6 +213,38 @@ def test_spark_loop_on_scienceworld_fails_reflects_retries_and_distills(traj_sto
     assert "PASS on attempt 2" in v.pack.files["references/evidence.md"]
 
 
+def test_spark_explores_tasks_side_by_side_each_with_its_own_memo(traj_store):
+    """With concurrency, tasks run at once in their own env and policy copy; each task's attempts stay in
+    order under its own plan entries, and the outcomes are those of one task at a time."""
+    from agentdistill.agents.rollout import build_policy
+    from agentdistill.config import PolicySpec
+    from agentdistill.envs import Task
+    from agentdistill.skills.spark import run_spark
+
+    def reply(body):
+        system = body["messages"][0]["content"]
+        return "Action: ask the manual" if "Notes from your earlier attempts" in system else "Action: focus on agent"
+
+    tasks = [Task("scienceworld", TASK, v, "train") for v in range(3)]
+    with OpenAIStub(reply=reply) as stub:
+        spec = PolicySpec.model_validate({"policy": "cascade", "model": "openai/student", "api_base": stub.url,
+                                          "max_retries": 0, "threshold": 0.0, "fallback": {"policy": "expert"}})
+        policy = build_policy(spec, traj_store)
+        run_id, outcomes = run_spark(traj_store, policy, "scienceworld", tasks, max_attempts=3, max_steps=20,
+                                     concurrency=3)
+    assert [o.task for o in outcomes] == tasks
+    assert all([a.status for a in o.attempts] == ["FAIL", "PASS"] for o in outcomes)  # each task's own memo
+    assert policy.student.context is None  # the caller's policy was never given a task's memo
+    eps = {e.plan_index: e for e in traj_store.episodes(run_id=run_id)}
+    assert sorted(eps) == [0, 1, 3, 4, 6, 7]  # task i's attempts are plan entries 3i, 3i + 1
+    assert all(eps[3 * i].task.variation == eps[3 * i + 1].task.variation == i for i in range(3))
+    assert all(eps[3 * i].metrics["spark"]["status"] == "FAIL" and eps[3 * i + 1].metrics["spark"]["status"] == "PASS"
+               for i in range(3))
+    firsts = [eps[3 * i] for i in range(3)]  # the first attempts were in flight together
+    assert max(e.started_at for e in firsts) < min(e.finished_at for e in firsts)
+    assert traj_store.get_run(run_id).status == "done"
+
+
 # ---- agents with skills, A/B evaluation -----------------------------------------------------------
 def _pack():
     from agentdistill.skills.pack import SkillPack

@@ -189,7 +189,7 @@ def _spark(ctx: StageContext, d: SkillsStage, name: str) -> dict[str, Any]:
     run_id, outcomes = run_spark(ctx.store, policy, recipe.env.name, tasks, max_attempts=d.attempts,
                                  max_steps=recipe.student.max_steps or recipe.runner.max_steps, pdi=d.pdi,
                                  reflector=TraceReflector(), env_options=dict(recipe.env.options),
-                                 run_name=f"spark-{name}")
+                                 run_name=f"spark-{name}", concurrency=recipe.runner.concurrency)
     ctx.record({"run_id": run_id})
     version = distill_spark(ctx.store, outcomes, name, run_id)
     return {"skill": version.name, "version": version.version, "skill_version_id": version.id, "run_id": run_id,

@@ -23,8 +23,11 @@ PDI (per reflect step t, after a failed attempt), as the paper's reference code 
 from __future__ import annotations
 
 import asyncio
+import copy
 import math
+import queue
 import re
+import threading
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
@@ -302,47 +305,97 @@ def set_context(policy, text: str | None) -> None:
     target.context = text
 
 
+def explore_task(store: Store, run_id: str, policy, pool: EnvPool, index: int, task: Task, *, max_attempts: int,
+                 max_steps: int, pdi: str, pdi_method: str, reflector) -> TaskOutcome:
+    """One task's execute -> judge -> reflect -> retry loop; attempt a is plan entry index * max_attempts + a."""
+    tracker = PDITracker(enabled=pdi == "intervene", observe_only=pdi == "observe", method=pdi_method)
+    memo, prev_summary, attempts = "", "", []
+    for a in range(max_attempts):
+        set_context(policy, injection(memo, tracker, a, max_attempts) or None)
+        spec = EpisodeSpec(index * max_attempts + a, "student", task, 0)
+        asyncio.run(Runner(store, run_id, {"student": policy}, {"student": max_steps})
+                    .run([spec], pool, 1, progress=False))
+        ep = store.episodes(ids=[store.episodes_by_plan(run_id)[spec.plan_index].id], with_steps=True)[0]
+        attempt = judge(ep, a)
+        attempts.append(attempt)
+        if attempt.status == "PASS":
+            store.set_episode_metrics(ep.id, {"spark": {"attempt": a, "status": "PASS", "memo": memo}})
+            break
+        new_memo = asyncio.run(reflector.reflect(memo, attempt, ep.task.goal or task.name))
+        snap = tracker.compute(a, new_memo, memo, attempt.commands, attempt.summary, prev_summary)
+        store.set_episode_metrics(ep.id, {"spark": {"attempt": a, "status": "FAIL", "memo": new_memo},
+                                          "pdi": asdict(snap)})
+        memo, prev_summary = new_memo, attempt.summary
+    return TaskOutcome(task, attempts, memo, tracker.history)
+
+
+def own_copy(policy):
+    """A copy of a policy whose memo context is its own (its models, demo index and packs stay shared)."""
+    mine = copy.copy(policy)
+    if hasattr(mine, "student"):
+        mine.student = copy.copy(mine.student)
+    return mine
+
+
 def run_spark(store: Store, policy, env_name: str, tasks: list[Task], *, max_attempts: int = 3,
               max_steps: int = 30, pdi: str = "intervene", pdi_method: str = "token_overlap", reflector=None,
-              env_options: dict | None = None, run_name: str = "spark") -> tuple[str, list[TaskOutcome]]:
+              env_options: dict | None = None, run_name: str = "spark", concurrency: int = 1,
+              ) -> tuple[str, list[TaskOutcome]]:
+    """Explore every task. Tasks are independent (each has its own memo and PDI): up to `concurrency` of them
+    run at once, each worker with its own env instance and its own copy of the policy, so their model calls
+    meet in a batching backend; a task's attempts stay in order."""
     if pdi not in ("off", "observe", "intervene"):
         raise ConfigError(f"unknown PDI mode {pdi!r}: use off, observe or intervene")
     reflector = reflector or TraceReflector()
-    env = make(env_name, **(env_options or {}))
-    pool = EnvPool(lambda: make(env_name, **(env_options or {})), 1, env)
+    first = make(env_name, **(env_options or {}))  # an env that cannot start fails here, before a run is stored
     run_id = store.create_run(run_name, {"spark": {"env": env_name, "tasks": [t.key for t in tasks],
                                                    "max_attempts": max_attempts, "pdi": pdi, "method": pdi_method,
                                                    "reflector": reflector.id, "policy": policy.id}}, kind="skill")
-    outcomes = []
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    for item in enumerate(tasks):
+        todo.put(item)
+    outcomes: dict[int, TaskOutcome] = {}
+    errors: list[BaseException] = []
+
+    def worker(mine, env=None) -> None:
+        pool = None
+        try:
+            env = env or make(env_name, **(env_options or {}))
+            pool = EnvPool(lambda: make(env_name, **(env_options or {})), 1, env)
+            while not errors:
+                try:
+                    index, task = todo.get_nowait()
+                except queue.Empty:
+                    return
+                outcomes[index] = explore_task(store, run_id, mine, pool, index, task, max_attempts=max_attempts,
+                                               max_steps=max_steps, pdi=pdi, pdi_method=pdi_method,
+                                               reflector=reflector)
+        except BaseException as e:  # the other workers finish their task in flight, then stop
+            errors.append(e)
+        finally:
+            set_context(mine, None)
+            if pool is not None:
+                pool.close()
+
+    workers = max(1, min(concurrency, len(tasks)))
     try:
-        for ti, task in enumerate(tasks):
-            tracker = PDITracker(enabled=pdi == "intervene", observe_only=pdi == "observe", method=pdi_method)
-            memo, prev_summary, attempts = "", "", []
-            for a in range(max_attempts):
-                set_context(policy, injection(memo, tracker, a, max_attempts) or None)
-                spec = EpisodeSpec(ti * max_attempts + a, "student", task, 0)
-                asyncio.run(Runner(store, run_id, {"student": policy}, {"student": max_steps})
-                            .run([spec], pool, 1, progress=False))
-                ep = store.episodes(ids=[store.episodes_by_plan(run_id)[spec.plan_index].id], with_steps=True)[0]
-                attempt = judge(ep, a)
-                attempts.append(attempt)
-                if attempt.status == "PASS":
-                    store.set_episode_metrics(ep.id, {"spark": {"attempt": a, "status": "PASS", "memo": memo}})
-                    break
-                new_memo = asyncio.run(reflector.reflect(memo, attempt, ep.task.goal or task.name))
-                snap = tracker.compute(a, new_memo, memo, attempt.commands, attempt.summary, prev_summary)
-                store.set_episode_metrics(ep.id, {"spark": {"attempt": a, "status": "FAIL", "memo": new_memo},
-                                                  "pdi": asdict(snap)})
-                memo, prev_summary = new_memo, attempt.summary
-            outcomes.append(TaskOutcome(task, attempts, memo, tracker.history))
+        if workers == 1:
+            worker(policy, first)
+        else:
+            threads = [threading.Thread(target=worker, args=(own_copy(policy), first if i == 0 else None), daemon=True)
+                       for i in range(workers)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                while t.is_alive():
+                    t.join(0.5)  # a short wait: Ctrl-C reaches the main thread at once
+        if errors:
+            raise errors[0]
         store.set_run_status(run_id, "done")
     except BaseException:
         store.set_run_status(run_id, "error")
         raise
-    finally:
-        set_context(policy, None)
-        pool.close()
-    return run_id, outcomes
+    return run_id, [outcomes[i] for i in range(len(tasks))]
 
 
 # ---- distill --------------------------------------------------------------------------------------
