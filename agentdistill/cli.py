@@ -888,6 +888,7 @@ def skills_add(path: Annotated[Path, typer.Argument(help="Skill pack directory t
     from agentdistill.skills.pack import SkillPack
 
     pack = SkillPack.load(path)  # a bad pack is refused before the store is opened
+    library.check_valid(pack)
     v = library.save(_store(db), pack, distiller="import")
     console.print(f"{v.name} v{v.version} (sha256 {v.sha256[:12]})")
 

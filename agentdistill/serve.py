@@ -9,6 +9,7 @@ and an `agentdistill` object with the samples, agreement and cost); `usage` sums
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from typing import Any
@@ -17,7 +18,11 @@ from pydantic import BaseModel
 
 from agentdistill.agents.parsing import majority, parse_action
 from agentdistill.distill.icd import DemoIndex, render_demos
+from agentdistill.errors import AgentDistillError
 from agentdistill.models import ChatModel, Completion
+from agentdistill.secrets import redact
+
+log = logging.getLogger(__name__)
 
 CASCADE_MODEL = "agentdistill-cascade"
 
@@ -179,8 +184,14 @@ def create_app(service: CascadeService, api_keys: list[str] | None = None, max_r
         if not req.messages:
             raise HTTPException(400, "messages is empty: send at least one user message")
         stop = [req.stop] if isinstance(req.stop, str) else req.stop
-        body = await service.answer([m.model_dump() for m in req.messages],
-                                    max_tokens=req.max_completion_tokens or req.max_tokens or 256, stop=stop)
+        try:
+            body = await service.answer([m.model_dump() for m in req.messages],
+                                        max_tokens=req.max_completion_tokens or req.max_tokens or 256, stop=stop)
+        except AgentDistillError as e:  # the teacher or student failed for good (after its retries): a 502
+            message = redact(str(e)).splitlines()[0][:500] if str(e).strip() else type(e).__name__
+            log.warning("chat completion failed: %s", message)
+            return JSONResponse({"error": {"message": message, "type": "upstream_error", "code": 502}},
+                                status_code=502)
         return JSONResponse(body, headers={"X-Agentdistill-Answered-By": body["model"]})
 
     return app

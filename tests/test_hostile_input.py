@@ -66,6 +66,9 @@ def test_bad_database_locations_fail_in_one_line(tmp_path):
         "postgresql://me:hunter2hunter2@127.0.0.1:1/x": "check that the server is running",
         "postgresql://bad url": "check that the server is running",
         "notadialect+x://": "bad database URL",
+        "postgresql://me:hunter2hunter2@host:notaport/x": "bad database URL",
+        "postgresql://me:hunter2hunter2@:::/x": "bad database URL",
+        "mysql://me:hunter2hunter2@h/x": "SQLite or PostgreSQL, not 'mysql'",
     }
     for db, fragment in cases.items():
         p = run_cli("collect", "--policy", "expert", "--env", "textworld", "--task", "easy", "--variations", "1",

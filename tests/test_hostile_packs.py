@@ -46,6 +46,15 @@ def test_links_out_of_the_pack_are_refused_everywhere(tmp_path):
     assert not db.exists()  # refused before the store was opened: nothing written
 
 
+def test_an_invalid_pack_is_refused_before_the_store_is_created(tmp_path):
+    d = make_pack(tmp_path / "in")
+    d = d.rename(d.with_name("other-name"))  # the directory's name no longer matches the skill's
+    db = tmp_path / "s.db"
+    p = run_cli("skills", "add", str(d), "--db", str(db))
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "is not valid" in p.stderr, p.stderr
+    assert not db.exists() and not list(tmp_path.glob("s.db*"))
+
+
 def test_binary_assets_are_accepted_and_round_trip(tmp_path):
     d = make_pack(tmp_path / "in")
     (d / "assets").mkdir()

@@ -142,3 +142,23 @@ def test_serve_refuses_to_bind_beyond_localhost_without_a_key():
     p = run_cli("serve", "--student", "llamacpp/smollm2-135m", "--student-api-base", "http://127.0.0.1:9/v1",
                 "--teacher", "openai/x")
     assert p.returncode == 2 and "runs in this process" in p.stderr and "Traceback" not in p.stderr, p.stderr
+
+
+def test_a_teacher_that_fails_for_good_is_a_502_in_openai_form_and_one_log_line(caplog):
+    with OpenAIStub(reply="Action: look") as student_stub:
+        student = make_model("openai/stub-student", api_base=student_stub.url, max_retries=0)
+        dead = make_model("openai/dead-teacher", api_base=f"http://127.0.0.1:{free_port()}/v1", max_retries=0)
+        service = CascadeService(student, dead, samples=2, threshold=1.0, temperature=0.0)  # always defers
+        server, thread, base = _serve(service)
+        try:
+            with caplog.at_level("WARNING"):
+                r = httpx.post(f"{base}/chat/completions", json={"messages": MESSAGES}, timeout=60)
+        finally:
+            server.should_exit = True
+            thread.join(timeout=10)
+    assert r.status_code == 502, r.text
+    error = r.json()["error"]
+    assert error["type"] == "upstream_error" and "dead-teacher" in error["message"] and "\n" not in error["message"]
+    failures = [rec for rec in caplog.records if "chat completion failed" in rec.getMessage()]
+    assert len(failures) == 1 and failures[0].exc_info is None
+    assert not [rec for rec in caplog.records if rec.exc_info]  # no traceback logged anywhere

@@ -36,13 +36,18 @@ def _version(skill: Skill, v: SkillVersion) -> Version:
                    v.created_at, SkillPack.from_stored(skill.name, dict(v.files)))
 
 
+def check_valid(pack: SkillPack) -> None:
+    """One line naming the first problem of an invalid pack."""
+    errors = pack.validate()
+    if errors:
+        raise ConfigError(f"skill {pack.name} is not valid: {errors[0]}" + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
+
+
 def save(store: Store, pack: SkillPack, *, distiller: str | None = None, run_id: str | None = None,
          parent_id: int | None = None, metrics: dict[str, Any] | None = None) -> Version:
     """Store `pack` as the next version of its skill (refused when invalid). Identical contents to the
     latest version return that version instead of a duplicate."""
-    errors = pack.validate()
-    if errors:
-        raise ConfigError(f"skill {pack.name} is not valid: {errors[0]}" + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
+    check_valid(pack)
     pack = SkillPack(pack.name, {p: redact(v) if isinstance(v, str) else v for p, v in pack.files.items()})
     with store.session() as s, s.begin():
         skill = s.scalar(select(Skill).where(Skill.name == pack.name))

@@ -33,8 +33,11 @@ def resolve_url(db: str | None) -> str:
         db = "postgresql+psycopg://" + db[len("postgresql://") :]
     try:
         parsed = make_url(db)
-    except ArgumentError:
-        raise ConfigError("bad database URL: use a file path or e.g. postgresql://user@host/db") from None
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise ConfigError("bad database URL: use a file path or e.g. postgresql://user@host:5432/db") from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigError(f"bad database URL: agentdistill stores runs in SQLite or PostgreSQL, not "
+                          f"{parsed.get_backend_name()!r}: use a file path or e.g. postgresql://user@host/db")
     register_secret(parsed.password if isinstance(parsed.password, str) else None)  # never in a log or error
     return db
 
