@@ -390,3 +390,36 @@ def test_eval_arms_play_side_by_side_on_the_cluster(cluster, pg, tmp_path):
         assert all((e.metrics or {}).get("ray") for e in eps)  # played in the cluster's actors
     assert sum(e.success for r in arms for e in store.episodes(run_id=r.id) if r.name == "arms:teacher") == 2
     assert "base" in p.stdout and "teacher" in p.stdout  # the report's table
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.postgres
+def test_trace2skill_analysts_and_spark_tasks_fan_out_on_the_cluster(cluster, pg, tmp_path):
+    from agentdistill.skills import library
+    from agentdistill.skills.trace2skill import TraceAnalyst, distill
+    from agentdistill.testing import OpenAIStub
+
+    # the student's action is never admissible: the cascade defers to the expert, so each SPARK task passes
+    with OpenAIStub("Action: fly to the moon") as stub:
+        recipe = tmp_path / "fan.toml"
+        recipe.write_text(f'name = "fan"\n[env]\nname = "textworld"\nsplit = "test"\ntasks = ["easy"]\nvariations = 1\n'
+                          f'[teacher]\npolicy = "expert"\n[student]\nmodel = "openai/stub"\napi_base = "{stub.url}"\n'
+                          f'[runner]\nconcurrency = 2\nmax_steps = 6\nexecutor = "ray"\naddress = "{cluster.address}"\n'
+                          '[collect]\nsplit = "train"\nvariations = 3\n'
+                          '[[distill]]\nname = "t2s"\nmethod = "skills"\n'
+                          '[[distill]]\nname = "spark"\nmethod = "skills"\ndistiller = "spark"\nvariations = 2\nattempts = 2\n')
+        p = _cli("run", str(recipe), "--db", pg, "--no-progress")
+    assert p.returncode == 0, p.stderr[-2000:]
+    store = Store.open(pg)
+    t2s = library.get(store, "fan-t2s")
+    assert t2s.metrics["ray_nodes"] and len(t2s.metrics["episodes"]) == 3  # one analyst per trajectory, on the cluster
+    # the same pack as analysts in this process would write (identical contents come back as the same version)
+    local = distill(store, store.episodes(ids=t2s.metrics["episodes"], with_steps=True), name="fan-t2s",
+                    analyst=TraceAnalyst()).version
+    assert local.id == t2s.id and local.sha256 == t2s.sha256
+    spark = library.get(store, "fan-spark")
+    assert spark.metrics["solved"] == spark.metrics["tasks"] == 2
+    eps = store.episodes(run_id=spark.run_id)
+    assert sorted(e.task.variation for e in eps) == [0, 1] and all(e.success for e in eps)
+    assert all(e.metrics["ray"]["pid"] != os.getpid() for e in eps)  # each task explored in a Ray task

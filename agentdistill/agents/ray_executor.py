@@ -313,3 +313,25 @@ def _cause(e: BaseException) -> str:
 def _first_line(e: BaseException) -> str:
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
     return redact(f"{type(e).__name__}: {lines[0] if lines else ''}")[:300]
+
+
+def fan_out(cluster: RayCluster, fn, items: list[tuple]) -> list[Any]:
+    """`fn(*item)` for every item as Ray tasks spread over the cluster (each asking for the per-episode
+    resources), results in order: the pipeline's independent work beyond episodes (Trace2Skill analysts,
+    SPARK tasks). `fn` must be importable on the nodes and write only through the store; a task whose
+    worker dies is run once more (SPARK's episodes resume from the store, analysts start over)."""
+    ray = _ray()
+    remote = ray.remote(fn).options(num_cpus=cluster.cpus, num_gpus=cluster.gpus, resources=cluster.resources or None,
+                                    scheduling_strategy="SPREAD", max_retries=1)
+    refs = [remote.remote(*item) for item in items]
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayError as e:
+        raise AgentDistillError(f"a Ray task of {getattr(fn, '__name__', 'the pipeline')} failed: {_cause(e)}") from None
+
+
+def where() -> dict[str, Any]:
+    """The node, host and process a piece of work ran in (recorded with what it produced)."""
+    import ray
+
+    return {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}

@@ -163,7 +163,11 @@ def skills(ctx: StageContext, d: SkillsStage) -> dict[str, Any]:
             from agentdistill.models import make_model
 
             analyst = LLMAnalyst(make_model(d.analyst))
-        version = distill(ctx.store, episodes, name=name, analyst=analyst).version
+        from agentdistill.agents.rollout import connect_executor
+
+        # on a Ray cluster each trajectory's analyst is a Ray task on some node
+        version = distill(ctx.store, episodes, name=name, analyst=analyst,
+                          cluster=connect_executor(ctx.store, ctx.recipe)).version
         return {"skill": version.name, "version": version.version, "skill_version_id": version.id}
     return _spark(ctx, d, name)
 
@@ -171,7 +175,7 @@ def skills(ctx: StageContext, d: SkillsStage) -> dict[str, Any]:
 def _spark(ctx: StageContext, d: SkillsStage, name: str) -> dict[str, Any]:
     """SPARK explores the training tasks with the student as a cascade over the recipe's teacher (a student
     alone rarely passes, and only verified passes become evidence)."""
-    from agentdistill.agents.rollout import build_policy, first_variations
+    from agentdistill.agents.rollout import build_policy, connect_executor, first_variations
     from agentdistill.config import PolicySpec
     from agentdistill.envs import make
     from agentdistill.skills.spark import TraceReflector, distill_spark, run_spark
@@ -189,7 +193,8 @@ def _spark(ctx: StageContext, d: SkillsStage, name: str) -> dict[str, Any]:
     run_id, outcomes = run_spark(ctx.store, policy, recipe.env.name, tasks, max_attempts=d.attempts,
                                  max_steps=recipe.student.max_steps or recipe.runner.max_steps, pdi=d.pdi,
                                  reflector=TraceReflector(), env_options=dict(recipe.env.options),
-                                 run_name=f"spark-{name}", concurrency=recipe.runner.concurrency)
+                                 run_name=f"spark-{name}", concurrency=recipe.runner.concurrency,
+                                 cluster=connect_executor(ctx.store, recipe), policy_spec=spec.model_dump(mode="json"))
     ctx.record({"run_id": run_id})
     version = distill_spark(ctx.store, outcomes, name, run_id)
     return {"skill": version.name, "version": version.version, "skill_version_id": version.id, "run_id": run_id,

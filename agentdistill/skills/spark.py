@@ -337,17 +337,43 @@ def own_copy(policy):
     return mine
 
 
+def _explore_on_node(store_url: str, policy_spec: dict, env_name: str, env_options: dict, run_id: str,
+                     index: int, task: Task, options: dict) -> TaskOutcome:
+    """One task explored in a Ray task: its own store connection, policy and env on whatever node runs it."""
+    from agentdistill.agents.ray_executor import where
+    from agentdistill.agents.rollout import build_policy
+    from agentdistill.config import PolicySpec
+
+    store = Store.open(store_url, migrate_fresh=False, create=False)
+    pool = EnvPool(lambda: make(env_name, **env_options), 1, make(env_name, **env_options))
+    try:
+        policy = build_policy(PolicySpec.model_validate(policy_spec), store, env_name)
+        outcome = explore_task(store, run_id, policy, pool, index, task, **options)
+        by_plan = store.episodes_by_plan(run_id)
+        here = where()
+        for a in range(len(outcome.attempts)):
+            store.set_episode_metrics(by_plan[index * options["max_attempts"] + a].id, {"ray": here})
+        return outcome
+    finally:
+        pool.close()
+        store.close()
+
+
 def run_spark(store: Store, policy, env_name: str, tasks: list[Task], *, max_attempts: int = 3,
               max_steps: int = 30, pdi: str = "intervene", pdi_method: str = "token_overlap", reflector=None,
               env_options: dict | None = None, run_name: str = "spark", concurrency: int = 1,
-              ) -> tuple[str, list[TaskOutcome]]:
+              cluster=None, policy_spec: dict | None = None) -> tuple[str, list[TaskOutcome]]:
     """Explore every task. Tasks are independent (each has its own memo and PDI): up to `concurrency` of them
     run at once, each worker with its own env instance and its own copy of the policy, so their model calls
-    meet in a batching backend; a task's attempts stay in order."""
+    meet in a batching backend; a task's attempts stay in order. With a Ray `cluster` (and the policy as a
+    `policy_spec` the nodes can build), every task is a Ray task on the cluster instead."""
     if pdi not in ("off", "observe", "intervene"):
         raise ConfigError(f"unknown PDI mode {pdi!r}: use off, observe or intervene")
+    if cluster is not None and policy_spec is None:
+        raise ConfigError("SPARK on a Ray cluster needs the policy as a spec the nodes can build")
     reflector = reflector or TraceReflector()
-    first = make(env_name, **(env_options or {}))  # an env that cannot start fails here, before a run is stored
+    # an env that cannot start fails here, before a run is stored (on a cluster the nodes start their own)
+    first = make(env_name, **(env_options or {})) if cluster is None else None
     run_id = store.create_run(run_name, {"spark": {"env": env_name, "tasks": [t.key for t in tasks],
                                                    "max_attempts": max_attempts, "pdi": pdi, "method": pdi_method,
                                                    "reflector": reflector.id, "policy": policy.id}}, kind="skill")
@@ -367,9 +393,7 @@ def run_spark(store: Store, policy, env_name: str, tasks: list[Task], *, max_att
                     index, task = todo.get_nowait()
                 except queue.Empty:
                     return
-                outcomes[index] = explore_task(store, run_id, mine, pool, index, task, max_attempts=max_attempts,
-                                               max_steps=max_steps, pdi=pdi, pdi_method=pdi_method,
-                                               reflector=reflector)
+                outcomes[index] = explore_task(store, run_id, mine, pool, index, task, **options)
         except BaseException as e:  # the other workers finish their task in flight, then stop
             errors.append(e)
         finally:
@@ -378,8 +402,15 @@ def run_spark(store: Store, policy, env_name: str, tasks: list[Task], *, max_att
                 pool.close()
 
     workers = max(1, min(concurrency, len(tasks)))
+    options = dict(max_attempts=max_attempts, max_steps=max_steps, pdi=pdi, pdi_method=pdi_method, reflector=reflector)
     try:
-        if workers == 1:
+        if cluster is not None:
+            from agentdistill.agents.ray_executor import fan_out
+
+            found = fan_out(cluster, _explore_on_node, [(cluster.store_url, policy_spec, env_name, dict(env_options or {}),
+                                                         run_id, i, task, options) for i, task in enumerate(tasks)])
+            outcomes.update(enumerate(found))
+        elif workers == 1:
             worker(policy, first)
         else:
             threads = [threading.Thread(target=worker, args=(own_copy(policy), first if i == 0 else None), daemon=True)

@@ -232,6 +232,44 @@ class Trace2SkillResult:
     levels: int = 0
 
 
+def _analyze_on_node(store_url: str, analyst_id: str, kind: str, snapshot: SkillPack, episode_id: int):
+    """One analyst in a Ray task: (operations, its cost, where it ran, error). The episode is read from the
+    store there; an LLM analyst's model is built there (`make_model` keeps one per worker process)."""
+    from agentdistill.agents.ray_executor import where
+    from agentdistill.store.store import Store
+
+    store = Store.open(store_url, migrate_fresh=False, create=False)
+    try:
+        (ep,) = store.episodes(ids=[episode_id], with_steps=True)
+        if analyst_id == TraceAnalyst.id:
+            analyst = TraceAnalyst()
+        else:
+            from agentdistill.models import make_model
+
+            analyst = LLMAnalyst(make_model(analyst_id))
+        try:
+            ops = asyncio.run(analyst.analyze(kind, snapshot, ep))
+        except Exception as e:  # one analyst failing loses its patch, not the run
+            return [], getattr(analyst, "cost", 0.0), where(), f"{type(e).__name__}: {short_text(str(e), 200)}"
+        return ops, getattr(analyst, "cost", 0.0), where(), None
+    finally:
+        store.close()
+
+
+def _analyze_on_cluster(cluster, analyst, snapshot: SkillPack, episodes: list[Episode]):
+    from agentdistill.agents.ray_executor import fan_out
+
+    found = fan_out(cluster, _analyze_on_node, [(cluster.store_url, analyst.id, "success" if ep.success else "error",
+                                                 snapshot, ep.id) for ep in episodes])
+    results, nodes = [], set()
+    for i, (ops, cost, here, error) in enumerate(found):
+        if isinstance(analyst, LLMAnalyst):
+            analyst.cost += cost
+        nodes.add(here["node"])
+        results.append((i, ops, f"episode {episodes[i].id}: analyst failed: {error}" if error else None))
+    return results, sorted(nodes)
+
+
 async def _analyze_all(analyst, snapshot: SkillPack, episodes: list[Episode], concurrency: int):
     sem = asyncio.Semaphore(concurrency)
 
@@ -247,7 +285,9 @@ async def _analyze_all(analyst, snapshot: SkillPack, episodes: list[Episode], co
 
 
 def distill(store: Store, episodes: list[Episode], *, name: str, analyst, description: str | None = None,
-            mode: str = "create", concurrency: int = 8, run_id: str | None = None) -> Trace2SkillResult:
+            mode: str = "create", concurrency: int = 8, run_id: str | None = None, cluster=None) -> Trace2SkillResult:
+    """Analyse every trajectory (`concurrency` analysts at once, or one Ray task each on a `cluster`),
+    merge their patches hierarchically, apply them to the snapshot and store the result as a version."""
     check_name(name)
     if not episodes:
         raise AgentDistillError("no trajectories to analyze: check the episode filters")
@@ -261,7 +301,11 @@ def distill(store: Store, episodes: list[Episode], *, name: str, analyst, descri
         snapshot, parent_id = skeleton(name, description, episodes), None
     else:
         raise ConfigError(f"unknown mode {mode!r}: use create or deepen")
-    results = asyncio.run(_analyze_all(analyst, snapshot, episodes, concurrency))
+    nodes: list[str] = []
+    if cluster is not None:
+        results, nodes = _analyze_on_cluster(cluster, analyst, snapshot, episodes)
+    else:
+        results = asyncio.run(_analyze_all(analyst, snapshot, episodes, concurrency))
     patches, invalid, proposed = [], [], 0
     for i, raw, error in sorted(results, key=lambda r: r[0]):
         if error:
@@ -290,6 +334,8 @@ def distill(store: Store, episodes: list[Episode], *, name: str, analyst, descri
                "episodes": [e.id for e in episodes], "mode": mode}
     if isinstance(analyst, LLMAnalyst):
         metrics["analyst_cost"] = analyst.cost
+    if nodes:
+        metrics["ray_nodes"] = nodes  # where the analysts ran
     version = library.save(store, pack, distiller="trace2skill", run_id=run_id or (runs[0] if len(runs) == 1 else None),
                            parent_id=parent_id, metrics=metrics)
     return Trace2SkillResult(version, proposed, invalid, merged.dropped, skipped, merged.levels)
