@@ -237,6 +237,24 @@ def test_opd_f2b_limits_student_turns_and_skill_sd_trains(train_store, tmp_path)
     assert it["tokens"] > 0 and it["divergence"] >= 0 and math.isfinite(it["loss"])
 
 
+def test_opd_leaves_out_tasks_the_teacher_never_solved(train_store, caplog):
+    """A teacher that failed a few training tasks (MiniWoB's scripted expert fails ~4%) costs those tasks
+    their place in the curriculum, not the whole OPD stage; with none solved, one line says what to do."""
+    from agentdistill.envs import Task
+    from agentdistill.errors import AgentDistillError
+    from agentdistill.train.opd import OPDSpec, OPDTrainer
+
+    solved = next(e.task for e in train_store.episodes(role="teacher") if e.success)
+    known = Task(solved.env, solved.name, solved.variation, solved.split)
+    unsolved = Task(known.env, known.name, 9999, known.split)
+    trainer = OPDTrainer(train_store, OPDSpec(context="demo", tasks=[TASK], variations=1))
+    with caplog.at_level("WARNING"):
+        assert trainer._teacher_contexts([known, unsolved]) == [known]
+    assert "1 of 2 training tasks have no successful teacher episode" in caplog.text
+    with pytest.raises(AgentDistillError, match="no successful teacher episode in the store for"):
+        trainer._teacher_contexts([unsolved])
+
+
 def test_opd_options_fail_with_one_line(tmp_path):
     cases = [
         ([], "needs privileged context"),

@@ -146,18 +146,23 @@ class OPDTrainer:
         random.seed(spec.seed)
 
     # ---- setup ----------------------------------------------------------------------------------
-    def _teacher_contexts(self, tasks: list[Task]) -> None:
+    def _teacher_contexts(self, tasks: list[Task]) -> list[Task]:
+        """Load what the teacher's context needs; returns the tasks that have it."""
         spec = self.spec
         self.expert: dict[str, list[str]] = {}
         if spec.context == "demo" or spec.curriculum.mode == "b2f":
             self.expert = expert_trajectories(self.store, spec.env)
             missing = [t.key for t in tasks if t.key not in self.expert]
-            if missing:
+            if len(missing) == len(tasks):
                 raise AgentDistillError(
                     f"no successful teacher episode in the store for {', '.join(missing[:4])}"
                     f"{' ...' if len(missing) > 4 else ''}: collect them first, e.g. `agentdistill collect "
                     f"--policy expert --env {spec.env} --split {spec.split}`"
                 )
+            if missing:  # a teacher fails a few tasks: train on the ones it solved (the demo is the context)
+                log.warning("%d of %d training tasks have no successful teacher episode and are left out: %s%s",
+                            len(missing), len(tasks), ", ".join(missing[:4]), " ..." if len(missing) > 4 else "")
+                tasks = [t for t in tasks if t.key in self.expert]
         self.skills: dict[str, list[str]] = {}
         if spec.context == "skill":
             names = sorted({t.name for t in tasks})
@@ -174,6 +179,7 @@ class OPDTrainer:
                     )
         self.bandit = SkillBandit(spec.ucb_c)
         self.last_skill: dict[str, int] = {}
+        return tasks
 
     def _context_for(self, task: Task) -> tuple[str | None, int | None]:
         if self.spec.context == "demo":
@@ -205,7 +211,7 @@ class OPDTrainer:
         run_id = store.create_run(f"train-{spec.method_name}", asdict(spec), kind="train")
         try:
             tasks = first_variations(env, spec.split, spec.tasks, spec.variations)
-            self._teacher_contexts(tasks)
+            tasks = self._teacher_contexts(tasks)
             self.student_id = f"{spec.student}@{spec.method_name}:{run_id}"
             policy = LLMPolicy(LocalModel.from_model(self.student_id, self.model, self.tok), spec.temperature,
                                spec.max_tokens, 1, spec.history)

@@ -1,0 +1,62 @@
+"""The default `agentdistill run` (the embedded pipeline), wall time with the local student's dynamic
+batching off ("before") and on ("after", the shipped default), each in a fresh directory and store,
+measured in one run. Prints each stage's wall time and the ratio.
+
+Only the stages where the student generates (eval.base, eval.sft at concurrency 4) can gain; collect is
+the expert and SFT is training. The one-time conversion of the weights is done before timing.
+
+Run: python benchmarks/default_run.py
+"""
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+# `agentdistill run` with LocalModel's `batching` default turned off: every request generated alone
+UNBATCHED = """
+import inspect, sys
+from agentdistill.models.local import LocalModel
+params = list(inspect.signature(LocalModel.__init__).parameters.values())[2:]  # after self, model_id
+LocalModel.__init__.__defaults__ = tuple(False if p.name == "batching" else p.default for p in params)
+from agentdistill.cli import app
+sys.argv = ["agentdistill", "run", "--no-progress"]
+app()
+"""
+BATCHED = UNBATCHED.replace('False if p.name == "batching" else p.default', "p.default")
+
+
+def run(code: str, label: str) -> tuple[float, dict[str, float], str]:
+    with tempfile.TemporaryDirectory() as d:
+        t0 = time.perf_counter()
+        p = subprocess.run([sys.executable, "-c", code], cwd=d, capture_output=True, text=True,
+                           env={**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True", "COLUMNS": "200"})
+        wall = time.perf_counter() - t0
+    if p.returncode != 0:
+        raise SystemExit(f"{label}: agentdistill run failed (exit {p.returncode}): {p.stderr.strip()[-500:]}")
+    stages = {m[1]: float(m[2]) for m in re.finditer(r"^(\S+): done in (\d+) s", p.stdout, re.M)}
+    table = "\n".join(line for line in p.stdout.splitlines() if re.match(r"\s*(arm|base|sft|teacher)\s", line))
+    print(f"{label}: {wall:.0f} s  " + "  ".join(f"{k} {v:.0f}" for k, v in stages.items()), flush=True)
+    return wall, stages, table
+
+
+def main():
+    from agentdistill.models.local import resolve_checkpoint
+
+    resolve_checkpoint("smollm2-135m")  # the one-time GGUF conversion, outside the timings
+    before = run(UNBATCHED, "batching off")
+    after = run(BATCHED, "batching on ")
+    print()
+    print(after[2])
+    print()
+    for stage in ("eval.base", "eval.sft"):
+        if stage in before[1] and stage in after[1] and after[1][stage]:
+            print(f"{stage}: {before[1][stage]:.0f} s -> {after[1][stage]:.0f} s = {before[1][stage] / after[1][stage]:.2f}x")
+    print(f"default `agentdistill run`: {before[0]:.0f} s with batching off -> {after[0]:.0f} s with it on = "
+          f"{before[0] / after[0]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
