@@ -171,12 +171,16 @@ def test_every_stage_end_to_end_then_an_unchanged_rerun_does_no_work(tmp_path):
     assert [a["arm"] for a in report["arms"]] == arms
     teacher = report["arms"][-1]
     assert teacher["success"][0] == 1.0 and teacher["diff_vs_base"][0] == 1.0 - report["arms"][0]["success"][0]
+    # an arm that continues a checkpoint is also compared, paired, with that checkpoint's arm
+    by_arm = {a["arm"]: a for a in report["arms"]}
+    assert by_arm["tcod"]["diff_vs_init"]["init"] == "sft" and "diff_vs_init" not in by_arm["sft"]
+    assert by_arm["tcod"]["diff_vs_init"]["ci"][0] == pytest.approx(by_arm["tcod"]["success"][0] - by_arm["sft"]["success"][0])
     assert {"sft", "soda"} <= set(report["curves"]) and report["curves"]["tcod"]["kind"] == "divergence"
     with store.session() as s:
         ev = s.get(Evaluation, stages["report"].outputs["evaluation_id"])
         assert ev.metrics["pipeline_run"] == pipeline.id and len(ev.metrics["arms"][0]["outcomes"]) == 2
     assert "teacher" in (workdir / "report.html").read_text()
-    assert "beat base" in p.stdout and "vs base" in p.stdout
+    assert "beat base" in p.stdout and "vs base" in p.stdout and "tcod vs sft" in p.stdout
 
     # unchanged inputs: every stage reused, nothing computed or stored but the new pipeline run's records
     before = _counts(db)

@@ -50,6 +50,13 @@ def _training_chain(recipe: dict[str, Any], name: str) -> list[str]:
     return chain
 
 
+def _init_of(recipe: dict[str, Any], arm: str) -> str | None:
+    """The trained arm an arm's training started from (sft-opd -> sft); None from the base student."""
+    stage = next((d for d in recipe.get("distill", []) if d["name"] == arm), None)
+    init = (stage or {}).get("init")
+    return init if init and init != "base" else None
+
+
 def arm_uses(recipe: dict[str, Any], arm: str) -> list[str]:
     """Distill stages an arm's result depends on."""
     by_name = {d["name"]: d for d in recipe.get("distill", [])}
@@ -95,6 +102,11 @@ def build(store: Store, run_id: str, save: bool = True) -> dict[str, Any]:
         row["train_s"] = sum(stages[f"distill.{u}"].wall_time or stages[f"distill.{u}"].outputs.get("wall_s", 0.0)
                              for u in uses if f"distill.{u}" in stages)
         row["teacher_data_cost"] = collect_out.get("cost", 0.0) if uses else 0.0
+        init = _init_of(recipe, a)
+        if init in outcomes:  # a method that continues a checkpoint must beat that checkpoint, not only base
+            pairs = [(eps[k]["success"], outcomes[init][k]["success"]) for k in eps if k in outcomes[init]]
+            if pairs:
+                row["diff_vs_init"] = {"init": init, "ci": list(bootstrap_ci([float(x) - float(y) for x, y in pairs]))}
         arms.append(row)
     report = {
         "schema": SCHEMA, "pipeline_run": run.id, "recipe": recipe.get("name"), "base": base,
@@ -234,4 +246,9 @@ def conclusions(report: dict[str, Any]) -> list[str]:
         lines.append(f"did not beat {base} (interval includes 0): {', '.join(unclear)}")
     if worse:
         lines.append(f"worse than {base}: {', '.join(worse)}")
+    continued = [a for a in report["arms"] if a.get("diff_vs_init")]
+    if continued:
+        lines.append("against the checkpoint they continue (paired): " + ", ".join(
+            f"{a['arm']} vs {a['diff_vs_init']['init']} {pct(a['diff_vs_init']['ci'], signed=True)} "
+            f"({_verdict(a['diff_vs_init']['ci'])})" for a in continued))
     return lines
