@@ -33,7 +33,8 @@ def free_port() -> int:
 
 
 class PostgresUnavailable(Exception):
-    """No PostgreSQL server could be started here; the message says why and what to install."""
+    """PostgreSQL is not installed here (or cannot run as this user); the message says what to install.
+    A server that is installed but fails to start raises RuntimeError instead."""
 
 
 def _pg_binary(name: str) -> str | None:
@@ -73,8 +74,8 @@ def throwaway_postgres(user: str, database: str, *settings: str) -> Iterator[tup
                     conn.execute(f'CREATE DATABASE "{database}"')
                 break
             except psycopg.OperationalError:
-                if time.time() > deadline or proc.poll() is not None:
-                    raise PostgresUnavailable("PostgreSQL did not start within 30 s") from None
+                if time.time() > deadline or proc.poll() is not None:  # installed but broken: not a skip
+                    raise RuntimeError("PostgreSQL did not start within 30 s") from None
                 time.sleep(0.3)
         postmaster = int((data / "db" / "postmaster.pid").read_text().split()[0])  # not runuser's pid
         yield f"postgresql://{user}@127.0.0.1:{port}/{database}", postmaster

@@ -123,8 +123,8 @@ def main():
         try:  # the server's default durability (fsync, synchronous_commit on): what a real store runs with
             with throwaway_postgres("bench", "bench", "max_connections=200") as (url, pid):
                 run(url, pid)
-        except PostgresUnavailable as e:
-            raise SystemExit(f"{e}, or pass --url") from None
+        except (PostgresUnavailable, RuntimeError) as e:
+            raise SystemExit(f"{e}: fix the local PostgreSQL, or pass --url") from None
 
 
 if __name__ == "__main__":

@@ -85,10 +85,17 @@ def test_a_long_system_prompt_is_prefilled_once_and_greedy_outputs_do_not_change
     loaded.prefixes = cache = PrefixCache(min_tokens=512)
     try:
         first = model.complete(chats[0], max_tokens=16)[0]  # computes and keeps the system prompt's KV
-        got = _concurrently(model, [(c, 16) for c in chats])  # served from it, batched
+        sizes, original = [], model._generate
+        model._generate = lambda reqs: sizes.append(len(reqs)) or original(reqs)
+        try:
+            got = _concurrently(model, [(c, 16) for c in chats])  # served from it, batched
+        finally:
+            model._generate = original
+        samples = model.complete(chats[1], n=3, temperature=1.0, max_tokens=16)  # n rows share the cached prefix
         other = model.complete([SYSTEM, CHATS[0][1]], max_tokens=16)[0]  # below min_tokens: not cached
     finally:
         loaded.prefixes = PrefixCache()
+    assert max(sizes) > 1, sizes  # some requests were answered together: padding between prefix and suffix
     prefix_len = len(next(iter(cache._entries)))
     assert prefix_len >= 512 and len(cache._entries) == 1
     assert first.cached_prompt_tokens == 0 and first.text == want[0].text
@@ -96,6 +103,22 @@ def test_a_long_system_prompt_is_prefilled_once_and_greedy_outputs_do_not_change
         assert g.text == w.text and g.prompt_tokens == w.prompt_tokens and g.completion_tokens == w.completion_tokens
         assert g.cached_prompt_tokens == prefix_len < g.prompt_tokens
     assert other.cached_prompt_tokens == 0
+    assert len(samples) == 3 and len({x.text for x in samples}) > 1
+    assert all(x.cached_prompt_tokens == prefix_len and x.prompt_tokens == want[1].prompt_tokens for x in samples)
     # a trainer's live weights change every step: no prefix of theirs is ever kept
     live = LocalModel.from_model("student", model.model, model.tokenizer)
     assert live._loaded.prefixes is None
+
+
+def test_the_prefix_cache_is_used_only_where_padding_cannot_change_attention():
+    from types import SimpleNamespace as NS
+
+    from agentdistill.models.prefix_cache import supports
+
+    dense = NS(config=NS(), generation_config=NS(cache_implementation=None))
+    assert supports(dense)
+    assert not supports(NS(config=NS(sliding_window=4096), generation_config=NS(cache_implementation=None)))
+    assert supports(NS(config=NS(sliding_window=4096, use_sliding_window=False), generation_config=NS(cache_implementation=None)))
+    assert not supports(NS(config=NS(layer_types=["full_attention", "sliding_attention"]), generation_config=NS(cache_implementation=None)))
+    assert not supports(NS(config=NS(), generation_config=NS(cache_implementation="static")))
+    assert LocalModel("local/smollm2-135m")._loaded.prefixes is not None  # Llama-style SmolLM2: full attention

@@ -382,8 +382,10 @@ def test_eval_arms_play_side_by_side_on_the_cluster(cluster, pg, tmp_path):
     store = Store.open(pg)
     arms = [r["run"] for r in store.list_runs() if r["run"].name in ("arms:base", "arms:teacher")]
     assert sorted(r.name for r in arms) == ["arms:base", "arms:teacher"] and all(r.status == "done" for r in arms)
-    # both arms were in flight at once: each started before the other finished
-    assert max(r.created_at for r in arms) < min(r.finished_at for r in arms), [(r.created_at, r.finished_at) for r in arms]
+    # both arms were played at once: each arm's first episode began before the other arm's last one ended
+    spans = [(min(e.started_at for e in store.episodes(run_id=r.id)), max(e.finished_at for e in store.episodes(run_id=r.id)))
+             for r in arms]
+    assert max(s for s, _ in spans) < min(f for _, f in spans), spans
     for r in arms:
         eps = store.episodes(run_id=r.id)
         assert len(eps) == 2 and all(e.status == "done" for e in eps)

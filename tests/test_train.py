@@ -251,6 +251,7 @@ def test_opd_leaves_out_tasks_the_teacher_never_solved(train_store, caplog):
     with caplog.at_level("WARNING"):
         assert trainer._teacher_contexts([known, unsolved]) == [known]
     assert "1 of 2 training tasks have no successful teacher episode" in caplog.text
+    assert trainer.left_out == [unsolved.key]  # recorded in the checkpoint's metrics
     with pytest.raises(AgentDistillError, match="no successful teacher episode in the store for"):
         trainer._teacher_contexts([unsolved])
 

@@ -326,8 +326,15 @@ def fan_out(cluster: RayCluster, fn, items: list[tuple]) -> list[Any]:
     refs = [remote.remote(*item) for item in items]
     try:
         return ray.get(refs)
-    except ray.exceptions.RayError as e:
-        raise AgentDistillError(f"a Ray task of {getattr(fn, '__name__', 'the pipeline')} failed: {_cause(e)}") from None
+    except BaseException as e:  # the others must not go on writing for a stage that has failed
+        for ref in refs:
+            try:
+                ray.cancel(ref, force=True)
+            except Exception as cancel_error:
+                log.debug("cancelling a Ray task: %s", cancel_error)
+        if isinstance(e, ray.exceptions.RayError):
+            raise AgentDistillError(f"a Ray task of {getattr(fn, '__name__', 'the pipeline')} failed: {_cause(e)}") from None
+        raise
 
 
 def where() -> dict[str, Any]:

@@ -23,6 +23,7 @@ from agentdistill.models.base import ChatModel, Completion, Message, fill_sample
 from agentdistill.models.batching import Batcher, Request
 from agentdistill.models.cost import Price, resolve_price
 from agentdistill.models.prefix_cache import PrefixCache, shared_system_prefix
+from agentdistill.models.prefix_cache import supports as prefix_cache_supported
 from agentdistill.paths import cache_dir
 
 # name -> (pip package that ships the GGUF, file inside it)
@@ -139,7 +140,8 @@ class _Loaded:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.lock = threading.Lock()  # one generate at a time: torch already uses every core
-        self.prefixes: PrefixCache | None = PrefixCache()  # fixed weights: long system prompts are reused
+        # fixed weights: long system prompts are reused (full-attention models only)
+        self.prefixes: PrefixCache | None = PrefixCache() if prefix_cache_supported(self.model) else None
 
     def batcher(self, max_batch: int) -> Batcher:
         """The weights' request batcher, started on first use; each batch is answered by the LocalModel

@@ -36,8 +36,8 @@ class PrefixCache:
         if hit:
             self._entries.move_to_end(key)
         else:
-            with torch.inference_mode():
-                out = model(input_ids=torch.tensor([prefix], device=model.device), use_cache=True)
+            with torch.inference_mode():  # logits of the last position only: not [L, vocab] for nothing
+                out = model(input_ids=torch.tensor([prefix], device=model.device), use_cache=True, logits_to_keep=1)
             self._entries[key] = out.past_key_values
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
@@ -45,6 +45,19 @@ class PrefixCache:
         if rows > 1:
             cache.batch_repeat_interleave(rows)
         return cache, hit
+
+
+def supports(model) -> bool:
+    """Whether a prefix's cache can be reused with padding between prefix and suffix: full attention in
+    every layer and the default dynamic cache. Sliding windows count padding as window slots, recurrent
+    layers carry state through it, and a configured static cache refuses a given one."""
+    config = model.config
+    if getattr(getattr(model, "generation_config", None), "cache_implementation", None):
+        return False
+    types = getattr(config, "layer_types", None)
+    if types and any(t != "full_attention" for t in types):
+        return False
+    return not (getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True))
 
 
 def shared_system_prefix(tokenizer, requests, prompts: list[list[int]]) -> list[int] | None:

@@ -8,9 +8,9 @@ The paper names the metrics without formulas; ours are:
   unknown when the store holds no successful teacher episode of that task. Pooled: sum of steps / sum of
   references over the episodes that have one.
 - prompt cache utilization = cached prompt tokens / prompt tokens, over the model calls whose provider
-  reported a cached count (litellm's `usage.prompt_tokens_details.cached_tokens`, recorded in the call's
-  params as `cached_prompt_tokens`). Unknown when no call of the episode reports one (expert steps, local
-  models, providers that say nothing).
+  reported a cached count (litellm's `usage.prompt_tokens_details.cached_tokens`, or the local/ backend's
+  prefix cache, recorded in the call's params as `cached_prompt_tokens`). Unknown when no call of the
+  episode reports one (expert steps, providers that say nothing).
 
 Everything is counted in SQL per episode (no step rows are loaded), so it stays cheap on big stores.
 """

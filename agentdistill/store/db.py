@@ -1,6 +1,6 @@
 """Engine, sessions and migrations for the store.
 
-SQLite file by default (`./agentdistill.db`, WAL), PostgreSQL (or anything SQLAlchemy speaks) by URL,
+SQLite file by default (`./agentdistill.db`, WAL), PostgreSQL by URL (other kinds are refused in one line),
 from `--db` or `AGENTDISTILL_DB`.
 """
 

@@ -150,6 +150,7 @@ class OPDTrainer:
         """Load what the teacher's context needs; returns the tasks that have it."""
         spec = self.spec
         self.expert: dict[str, list[str]] = {}
+        self.left_out: list[str] = []
         if spec.context == "demo" or spec.curriculum.mode == "b2f":
             self.expert = expert_trajectories(self.store, spec.env)
             missing = [t.key for t in tasks if t.key not in self.expert]
@@ -163,6 +164,7 @@ class OPDTrainer:
                 log.warning("%d of %d training tasks have no successful teacher episode and are left out: %s%s",
                             len(missing), len(tasks), ", ".join(missing[:4]), " ..." if len(missing) > 4 else "")
                 tasks = [t for t in tasks if t.key in self.expert]
+                self.left_out = missing
         self.skills: dict[str, list[str]] = {}
         if spec.context == "skill":
             names = sorted({t.name for t in tasks})
@@ -227,7 +229,8 @@ class OPDTrainer:
                 history.append(self._iteration(n, batch, acting, pool, run_id, optimizer, params))
                 log.info("iteration %s", history[-1])
             save_student(self.model, self.tok, Path(out))
-            metrics = {"iterations": history, "device": self.hw.device, "bf16": self.hw.bf16}
+            metrics = {"iterations": history, "device": self.hw.device, "bf16": self.hw.bf16,
+                       "tasks_left_out": self.left_out}  # training tasks the teacher never solved
             ckpt = record_checkpoint(store, Path(out), spec.student, spec.method_name, run_id=run_id,
                                      config=asdict(spec), metrics=metrics)
             store.set_run_status(run_id, "done")
