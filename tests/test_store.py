@@ -141,3 +141,26 @@ def test_upgrading_an_older_store_keeps_every_row(db_url):
     with store.engine.connect() as conn:
         if store.engine.dialect.name == "sqlite":
             assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1  # back on for normal use
+
+
+def test_writers_creating_the_same_task_at_once_get_one_row(db_url):
+    """Eval arms side by side, Ray actors and SPARK workers may all meet a new task at the same moment."""
+    import threading
+
+    store = Store.open(db_url)
+    for variation in range(5):
+        barrier, ids, errors = threading.Barrier(6), [], []
+
+        def create():
+            barrier.wait()
+            try:
+                ids.append(store.task_id("textworld", "easy", variation, "test"))
+            except Exception as e:  # noqa: BLE001 (the test reports it)
+                errors.append(e)
+
+        threads = [threading.Thread(target=create) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors and len(set(ids)) == 1 and len(ids) == 6, errors

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, case, delete, exists, func, insert, inspect, select
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, aliased, selectinload, sessionmaker
 
 from agentdistill.errors import AgentDistillError
@@ -237,18 +237,27 @@ class Store:
 
     # ---- tasks ----------------------------------------------------------------------------------
     def task_id(self, env: str, name: str, variation: int, split: str, goal: str | None = None) -> int:
-        with self.session() as s, s.begin():
-            tid = s.scalar(
-                select(Task.id).where(Task.env == env, Task.name == name, Task.variation == variation)
-            )
-            if tid is None:
-                task = Task(env=env, name=name, variation=variation, split=split, goal=goal, meta={})
-                s.add(task)
-                s.flush()
-                tid = task.id
-            elif goal:
-                s.get(Task, tid).goal = goal
-            return tid
+        """The task's row, created on first use. Writers in parallel (eval arms side by side, Ray actors,
+        SPARK workers) may create the same task at once: the one that loses the unique constraint reads
+        the winner's row."""
+        for attempt in range(2):
+            try:
+                with self.session() as s, s.begin():
+                    tid = s.scalar(
+                        select(Task.id).where(Task.env == env, Task.name == name, Task.variation == variation)
+                    )
+                    if tid is None:
+                        task = Task(env=env, name=name, variation=variation, split=split, goal=goal, meta={})
+                        s.add(task)
+                        s.flush()
+                        tid = task.id
+                    elif goal:
+                        s.get(Task, tid).goal = goal
+                    return tid
+            except IntegrityError:
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
 
     # ---- episodes -------------------------------------------------------------------------------
     def episodes_by_plan(self, run_id: str) -> dict[int, Episode]:
