@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any
 from agentdistill.config import Recipe, parse_recipe
 from agentdistill.errors import AgentDistillError, ConfigError
 from agentdistill.secrets import redact
+from agentdistill.side_by_side import run_side_by_side
 from agentdistill.store.store import Store
 
 log = logging.getLogger(__name__)
@@ -203,10 +203,8 @@ def _reusable(store: Store, st: StageDef, key: str):
 
 def _execute_together(store: Store, run_id: str, stages: list[tuple[StageDef, str]], recipe: Recipe, outputs, mine,
                       say) -> dict[str, dict[str, Any]]:
-    """Stages that only read finished outputs, run at once in threads (no progress bars: they would
-    interleave). Every stage runs to its end; then the first failure, if any, is raised. Threads are
-    daemons: on Ctrl-C the process leaves, and `--resume` continues the arms in flight like any
-    interrupted stage."""
+    """Stages that only read finished outputs, run at once (no progress bars: they would interleave).
+    Every stage runs to its end; then the first failure, if any, is raised."""
     results: dict[str, dict[str, Any]] = {}
     errors: list[BaseException] = []
 
@@ -216,12 +214,7 @@ def _execute_together(store: Store, run_id: str, stages: list[tuple[StageDef, st
         except BaseException as e:
             errors.append(e)
 
-    threads = [threading.Thread(target=one, args=(st, key), name=st.name, daemon=True) for st, key in stages]
-    for t in threads:
-        t.start()
-    for t in threads:
-        while t.is_alive():
-            t.join(0.5)  # a short wait: Ctrl-C reaches the main thread at once
+    run_side_by_side([lambda st=st, key=key: one(st, key) for st, key in stages], [st.name for st, _ in stages])
     if errors:
         raise errors[0]
     return results

@@ -27,7 +27,6 @@ import copy
 import math
 import queue
 import re
-import threading
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
@@ -35,6 +34,7 @@ from agentdistill.agents.runner import EnvPool, EpisodeSpec, Runner
 from agentdistill.envs import Task, make
 from agentdistill.errors import AgentDistillError, ConfigError
 from agentdistill.models import ChatModel
+from agentdistill.side_by_side import run_side_by_side
 from agentdistill.skills import library
 from agentdistill.skills.pack import SkillPack, check_name
 from agentdistill.skills.trace2skill import rejected, short_text
@@ -413,13 +413,8 @@ def run_spark(store: Store, policy, env_name: str, tasks: list[Task], *, max_att
         elif workers == 1:
             worker(policy, first)
         else:
-            threads = [threading.Thread(target=worker, args=(own_copy(policy), first if i == 0 else None), daemon=True)
-                       for i in range(workers)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                while t.is_alive():
-                    t.join(0.5)  # a short wait: Ctrl-C reaches the main thread at once
+            run_side_by_side([lambda mine=own_copy(policy), env=(first if i == 0 else None): worker(mine, env)
+                              for i in range(workers)])
         if errors:
             raise errors[0]
         store.set_run_status(run_id, "done")
