@@ -165,12 +165,9 @@ class _EnvActor:
     def play(self, spec: EpisodeSpec, episode_id: int, attempt: int) -> str:
         import time
 
-        import ray
-
         t0 = time.perf_counter()
         # where it runs, recorded before its first step (a lost attempt names the node that died under it)
-        self.store.set_episode_metrics(episode_id, {"ray": {"node": ray.get_runtime_context().get_node_id(),
-                                                            "host": socket.gethostname(), "pid": os.getpid()}})
+        self.store.set_episode_metrics(episode_id, {"ray": where()})
         try:
             self._start()
         except Exception as e:  # recorded like any failed attempt; the next attempt starts a new instance

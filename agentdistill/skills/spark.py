@@ -380,6 +380,7 @@ def run_spark(store: Store, policy, env_name: str, tasks: list[Task], *, max_att
     todo: queue.SimpleQueue = queue.SimpleQueue()
     for item in enumerate(tasks):
         todo.put(item)
+    options = dict(max_attempts=max_attempts, max_steps=max_steps, pdi=pdi, pdi_method=pdi_method, reflector=reflector)
     outcomes: dict[int, TaskOutcome] = {}
     errors: list[BaseException] = []
 
@@ -402,7 +403,6 @@ def run_spark(store: Store, policy, env_name: str, tasks: list[Task], *, max_att
                 pool.close()
 
     workers = max(1, min(concurrency, len(tasks)))
-    options = dict(max_attempts=max_attempts, max_steps=max_steps, pdi=pdi, pdi_method=pdi_method, reflector=reflector)
     try:
         if cluster is not None:
             from agentdistill.agents.ray_executor import fan_out

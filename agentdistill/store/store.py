@@ -240,24 +240,24 @@ class Store:
         """The task's row, created on first use. Writers in parallel (eval arms side by side, Ray actors,
         SPARK workers) may create the same task at once: the one that loses the unique constraint reads
         the winner's row."""
-        for attempt in range(2):
-            try:
-                with self.session() as s, s.begin():
-                    tid = s.scalar(
-                        select(Task.id).where(Task.env == env, Task.name == name, Task.variation == variation)
-                    )
-                    if tid is None:
-                        task = Task(env=env, name=name, variation=variation, split=split, goal=goal, meta={})
-                        s.add(task)
-                        s.flush()
-                        tid = task.id
-                    elif goal:
-                        s.get(Task, tid).goal = goal
-                    return tid
-            except IntegrityError:
-                if attempt:
-                    raise
-        raise AssertionError("unreachable")
+        def read_or_create() -> int:
+            with self.session() as s, s.begin():
+                tid = s.scalar(
+                    select(Task.id).where(Task.env == env, Task.name == name, Task.variation == variation)
+                )
+                if tid is None:
+                    task = Task(env=env, name=name, variation=variation, split=split, goal=goal, meta={})
+                    s.add(task)
+                    s.flush()
+                    tid = task.id
+                elif goal:
+                    s.get(Task, tid).goal = goal
+                return tid
+
+        try:
+            return read_or_create()
+        except IntegrityError:  # created by another writer between our read and our insert
+            return read_or_create()
 
     # ---- episodes -------------------------------------------------------------------------------
     def episodes_by_plan(self, run_id: str) -> dict[int, Episode]:
