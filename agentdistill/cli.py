@@ -131,7 +131,7 @@ def run(
     if resume and recipe:
         raise AgentDistillError("--resume replays the recipe stored with the run: do not pass a recipe too")
     if resume:
-        store = _store(db)
+        store = _store(db, create=False)  # a run to resume lives in an existing store: never create one
         stored = store.get_run(resume)
         if stored.kind == "pipeline":
             _run_pipeline(store, None, stored.id, start_from, only, progress)

@@ -82,6 +82,10 @@ def test_bad_database_locations_fail_in_one_line(tmp_path):
     p = run_cli("runs", "list", "--db", str(tmp_path / "new.db"))
     _one_line(p, "no store at")
     assert not (tmp_path / "new.db").exists()
+    # nor does resuming a run, which can only live in an existing store
+    p = run_cli("run", "--resume", "3f2a9c1b", "--db", str(tmp_path / "new.db"))
+    _one_line(p, "no store at")
+    assert not list(tmp_path.glob("new.db*"))
 
 
 def test_two_processes_creating_a_new_store_at_once(tmp_path):
