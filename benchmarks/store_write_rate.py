@@ -3,7 +3,8 @@
 Each writer is its own process with its own Store (as each actor on a cluster is) and plays the runner's
 path: open an episode, commit each step in its own transaction together with one model-call row
 (a step is committed before the next action), finish the episode; again and again for `--seconds`.
-Goal: >= 2,000 steps/s in all, enough for 1,000 concurrent episodes at 2 steps/s each.
+Goal: >= 2,000 steps/s in all, enough for 1,000 concurrent episodes at 2 steps/s each. The store writes a
+step and its calls as one statement on PostgreSQL (Store.add_step), so this measures that statement.
 
 The server is a throwaway one started here from the system's binaries (apt: postgresql) with its default
 durability (fsync on, synchronous_commit on), or `--url` for an existing server.

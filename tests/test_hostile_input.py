@@ -170,3 +170,18 @@ def test_an_oversized_completion_is_stored_bounded_with_its_size(tmp_path):
     assert long.observation.endswith(f"[... truncated by agentdistill: {MAX_FIELD_CHARS + 10} characters in all]")
     assert long.info["truncated"] == {"observation": MAX_FIELD_CHARS + 10}
     json.dumps(long.info)
+
+
+def test_redaction_follows_the_environment_as_it_changes(monkeypatch):
+    """The secret values are cached between calls (every stored step is redacted); a key set, changed or
+    removed afterwards is honoured at the next call."""
+    from agentdistill.secrets import redact
+
+    first, second = "first-secret-value-1234", "second-secret-value-5678"
+    assert redact(f"x {first}") == f"x {first}"
+    monkeypatch.setenv("SERVICE_API_KEY", first)
+    assert redact(f"x {first}") == "x ***"
+    monkeypatch.setenv("SERVICE_API_KEY", second)
+    assert redact(f"{first} {second}") == f"{first} ***"
+    monkeypatch.delenv("SERVICE_API_KEY")
+    assert redact(second) == second

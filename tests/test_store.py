@@ -164,3 +164,33 @@ def test_writers_creating_the_same_task_at_once_get_one_row(db_url):
         for t in threads:
             t.join()
         assert not errors and len(set(ids)) == 1 and len(ids) == 6, errors
+
+
+def test_a_step_with_mixed_calls_round_trips_and_writes_survive_a_dropped_connection(db_url):
+    """A cascade's step carries a student call and a teacher call with different fields; on PostgreSQL the step
+    and its calls are one statement on connections the server may drop (restart, idle timeout): the write is
+    retried on a fresh connection and stored once."""
+    store = Store.open(db_url)
+    run_id = store.create_run("t", {})
+    ep = store.start_episode(run_id, 0, store.task_id("textworld", "g", 0, "test"), role="student", policy_id="cascade")
+    student = {"model": "local/s", "messages": [{"role": "user", "content": "hi"}], "outputs": ["go east"],
+               "params": {"n": 4}, "prompt_tokens": 7}
+    teacher = {"model": "openai/t", "messages": [{"role": "user", "content": "hi"}], "outputs": ["go west"],
+               "prompt_tokens": 9, "completion_tokens": 2, "cost": 0.5, "latency": 0.3}
+    store.add_step(ep, StepRecord(0, "o0", "go west", calls=[student, teacher], info={"deferred": True}))
+    if db_url.startswith("postgresql"):
+        with store.engine.begin() as conn:  # the server drops every other connection to this database
+            killed = conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+                                       "datname = current_database() AND pid <> pg_backend_pid()")).scalar_one()
+        assert killed >= 1  # the step writer's pooled connection was among them
+    store.add_step(ep, StepRecord(1, "o1", "take key", done=True, calls=[teacher]))
+    store.finish_episode(ep, success=True, score=1.0)
+    (got,) = store.episodes(run_id=run_id, with_steps=True)
+    assert (got.n_steps, got.prompt_tokens, got.success) == (2, 0, True)
+    assert [[c.model for c in s.calls] for s in got.steps] == [["local/s", "openai/t"], ["openai/t"]]
+    first = got.steps[0].calls
+    assert (first[0].params, first[0].cost, first[0].completion_tokens, first[0].latency) == ({"n": 4}, 0.0, 0, 0.0)
+    assert (first[1].params, first[1].cost, first[1].outputs) == ({}, 0.5, ["go west"])
+    assert got.steps[0].info == {"deferred": True}
+    assert store.stats()["model_calls"] == 3
+    store.close()

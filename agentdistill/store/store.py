@@ -13,8 +13,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, case, delete, exists, func, insert, inspect, select
-from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
+from sqlalchemy import Engine, case, delete, exists, func, insert, inspect, select, update
+from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, aliased, selectinload, sessionmaker
 
 from agentdistill.errors import AgentDistillError
@@ -101,6 +101,73 @@ def call_row(step_id: int, call: dict[str, Any]) -> dict[str, Any]:
     return {**call, "step_id": step_id, "messages": messages, "outputs": outputs, "params": params}
 
 
+class _PostgresStepWriter:
+    """A step and its model calls in one statement, in autocommit: the step inserted in a CTE, the calls
+    reading its new id. One round trip per step instead of five (the pool's liveness ping, BEGIN, two
+    INSERTs, COMMIT), and a statement text psycopg prepares once per shape.
+
+    Its own small pool skips the ping: a connection the server dropped fails the statement, is invalidated,
+    and the write is tried once more on a fresh connection. If the lost reply hid a commit, the retry meets the
+    (episode, idx) unique key and reads the stored step's id instead of writing it twice."""
+
+    def __init__(self, engine: Engine):
+        from sqlalchemy import JSON, create_engine
+
+        self.engine = create_engine(engine.url, pool_pre_ping=False, isolation_level="AUTOCOMMIT")
+        self._json = {c.name for t in (Step.__table__, ModelCall.__table__) for c in t.columns
+                      if isinstance(c.type, JSON)}
+        self._defaults = {c.name: c.default.arg for c in ModelCall.__table__.columns
+                          if c.default is not None and not callable(c.default.arg)}
+        self._sql: dict[tuple, str] = {}
+
+    def write(self, row: dict[str, Any], call_rows: list[dict[str, Any]]) -> int:
+        step_cols = list(row)
+        call_cols = [c.name for c in ModelCall.__table__.columns
+                     if c.name not in ("id", "step_id") and any(c.name in r for r in call_rows)]
+        sql = self._statement(tuple(step_cols), tuple(call_cols), len(call_rows))
+        params = [self._value(c, row[c]) for c in step_cols]
+        for r in call_rows:
+            params += [self._value(c, r[c] if c in r else self._default(c)) for c in call_cols]
+        for attempt in (1, 2):
+            try:
+                with self.engine.connect() as conn:
+                    return conn.exec_driver_sql(sql, tuple(params)).scalars().first()  # one row per call
+            except IntegrityError:
+                if attempt == 1:
+                    raise
+                with self.engine.connect() as conn:  # the first try committed before its reply was lost
+                    return conn.execute(select(Step.id).where(Step.episode_id == row["episode_id"],
+                                                              Step.idx == row["idx"])).scalar_one()
+            except DBAPIError as e:
+                if attempt == 2 or not e.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _default(self, col: str) -> Any:
+        if col in self._defaults:
+            return self._defaults[col]
+        return {} if col in self._json else None
+
+    def _value(self, col: str, value: Any) -> Any:
+        return json.dumps(value) if col in self._json and value is not None else value
+
+    def _statement(self, step_cols: tuple[str, ...], call_cols: tuple[str, ...], n_calls: int) -> str:
+        key = (step_cols, call_cols, n_calls)
+        if key not in self._sql:
+            step = (f"INSERT INTO steps ({', '.join(step_cols)}) VALUES ({', '.join(['%s'] * len(step_cols))}) "
+                    "RETURNING id")
+            if not n_calls:
+                self._sql[key] = step
+            else:
+                one = "((SELECT id FROM new_step), " + ", ".join(["%s"] * len(call_cols)) + ")"
+                self._sql[key] = (f"WITH new_step AS ({step}) INSERT INTO model_calls (step_id, {', '.join(call_cols)}) "
+                                  f"VALUES {', '.join([one] * n_calls)} RETURNING step_id")
+        return self._sql[key]
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
 @dataclass
 class StepRecord:
     """What the runner hands the store for one step (plain data: no ORM state)."""
@@ -148,6 +215,7 @@ class Store:
     def __init__(self, engine: Engine):
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._step_writer = _PostgresStepWriter(engine) if engine.dialect.name == "postgresql" else None
 
     @classmethod
     def open(cls, url_or_path: str | None = None, *, migrate_fresh: bool = True, create: bool = True) -> Store:
@@ -190,6 +258,8 @@ class Store:
         return self._sessions()
 
     def close(self) -> None:
+        if self._step_writer is not None:
+            self._step_writer.close()
         self.engine.dispose()
 
     # ---- runs -----------------------------------------------------------------------------------
@@ -267,11 +337,11 @@ class Store:
             return {e.plan_index: e for e in eps}
 
     def start_episode(self, run_id: str, plan_index: int, task_id: int, **fields: Any) -> int:
-        with self.session() as s, s.begin():
-            ep = Episode(run_id=run_id, plan_index=plan_index, task_id=task_id, status="running", **fields)
-            s.add(ep)
-            s.flush()
-            return ep.id
+        # Core, not the ORM: one INSERT per episode of every run (a third of an ORM flush's client time)
+        stmt = insert(Episode).values(run_id=run_id, plan_index=plan_index, task_id=task_id, status="running",
+                                      **fields).returning(Episode.id)
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).scalar_one()
 
     def restart_episode(self, episode_id: int) -> None:
         """Forget an interrupted episode's partial steps so it can run again from its start."""
@@ -304,12 +374,17 @@ class Store:
                 st.info = {**(st.info or {}), **scrub(notes[st.idx])}
 
     def add_step(self, episode_id: int, step: StepRecord) -> int:
-        """Commit one step and its model calls in one transaction (SQLAlchemy Core, not an ORM session: this is
-        the write every step of every episode makes; benchmarks/store_write_rate.py)."""
+        """Commit one step and its model calls atomically (SQLAlchemy Core, not an ORM session: this is the
+        write every step of every episode makes; benchmarks/store_write_rate.py); on PostgreSQL in one
+        statement (_PostgresStepWriter)."""
         steps, calls = Step.__table__, ModelCall.__table__
+        row = step.row(episode_id)
+        call_rows = [call_row(None, c) for c in step.calls]
+        if self._step_writer is not None:
+            return self._step_writer.write(row, call_rows)
         with self.engine.begin() as conn:
-            step_id = conn.execute(insert(steps).returning(steps.c.id), step.row(episode_id)).scalar_one()
-            rows = [call_row(step_id, c) for c in step.calls]
+            step_id = conn.execute(insert(steps).returning(steps.c.id), row).scalar_one()
+            rows = [{**r, "step_id": step_id} for r in call_rows]
             if len({frozenset(r) for r in rows}) == 1:  # one executemany
                 conn.execute(insert(calls), rows)
             else:  # calls with different fields (a cascade's student and teacher): one insert each
@@ -334,21 +409,18 @@ class Store:
         return len(rows)
 
     def finish_episode(self, episode_id: int, *, status: str = "done", **fields: Any) -> None:
-        with self.session() as s, s.begin():
-            ep = s.get(Episode, episode_id)
-            totals = s.execute(
-                select(
-                    func.count(Step.id),
-                    func.coalesce(func.sum(Step.reward), 0.0),
-                    func.coalesce(func.sum(Step.prompt_tokens), 0),
-                    func.coalesce(func.sum(Step.completion_tokens), 0),
-                    func.coalesce(func.sum(Step.cost), 0.0),
-                ).where(Step.episode_id == episode_id)
-            ).one()
-            ep.n_steps, ep.reward, ep.prompt_tokens, ep.completion_tokens, ep.cost = totals
-            ep.status, ep.finished_at = status, utcnow()
-            for k, v in fields.items():
-                setattr(ep, k, redact(v) if isinstance(v, str) else v)
+        """The episode's totals summed from its stored steps and its outcome, in one UPDATE."""
+        def total(expr, zero):
+            return select(func.coalesce(expr, zero)).where(Step.episode_id == episode_id).scalar_subquery()
+
+        values = {k: redact(v) if isinstance(v, str) else v for k, v in fields.items()}
+        stmt = update(Episode).where(Episode.id == episode_id).values(
+            n_steps=select(func.count(Step.id)).where(Step.episode_id == episode_id).scalar_subquery(),
+            reward=total(func.sum(Step.reward), 0.0), prompt_tokens=total(func.sum(Step.prompt_tokens), 0),
+            completion_tokens=total(func.sum(Step.completion_tokens), 0), cost=total(func.sum(Step.cost), 0.0),
+            status=status, finished_at=utcnow(), **values)
+        with self.engine.begin() as conn:
+            conn.execute(stmt)
 
     def episodes(
         self,
