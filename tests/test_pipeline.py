@@ -370,3 +370,42 @@ def test_html_report_renders_in_chromium(tmp_path):
     img = Image.open(io.BytesIO(png)).convert("L")
     colors = img.getcolors(maxcolors=1 << 20)
     assert img.size[0] >= 1000 and len(colors) > 50  # not blank: text, bars and lines in many shades
+
+
+def test_ctrl_c_during_side_by_side_stages_raises_at_once_and_the_rest_stays_quiet(tmp_path):
+    """Eval arms on a cluster run side by side in threads: Ctrl-C reaches the caller at once; an arm that
+    still finishes afterwards keeps its stored result but prints nothing over the interruption's message."""
+    import _thread
+    import threading
+
+    from agentdistill.pipeline.run import StageDef, _execute_together
+
+    store = Store.open(str(tmp_path / "s.db"))
+    run_id = store.create_run("p", {}, kind="pipeline")
+    recipe = parse_recipe({"name": "p", "env": {"name": "textworld"}, "student": {"model": "local/smollm2-135m"}})
+    interrupted, release = threading.Event(), threading.Event()
+
+    def ctrl_c(ctx):
+        interrupted.set()
+        _thread.interrupt_main()  # what the terminal's Ctrl-C does to the main thread
+        release.wait(10)
+        raise RuntimeError("the cluster connection went away")
+
+    def slow_arm(ctx):
+        interrupted.wait(10)
+        release.wait(10)
+        return {"won": 1}
+
+    said: list[str] = []
+    stages = [(StageDef("eval.a", "eval", {}, [], ctrl_c), "ka"), (StageDef("eval.b", "eval", {}, [], slow_arm), "kb")]
+    with pytest.raises(KeyboardInterrupt):
+        _execute_together(store, run_id, stages, recipe, {}, {}, said.append)
+    assert sorted(said) == ["eval.a: running", "eval.b: running"]  # said before the interruption
+    release.set()
+    for _ in range(100):  # the arms run out in their threads
+        if {s.name: s.status for s in store.stages(run_id)} == {"eval.a": "error", "eval.b": "done"}:
+            break
+        time.sleep(0.1)
+    assert {s.name: s.status for s in store.stages(run_id)} == {"eval.a": "error", "eval.b": "done"}
+    assert sorted(said) == ["eval.a: running", "eval.b: running"]  # and nothing after it
+    store.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -207,14 +208,25 @@ def _execute_together(store: Store, run_id: str, stages: list[tuple[StageDef, st
     Every stage runs to its end; then the first failure, if any, is raised."""
     results: dict[str, dict[str, Any]] = {}
     errors: list[BaseException] = []
+    stopping = threading.Event()
+
+    def quiet_once_stopped(line: str) -> None:
+        if not stopping.is_set():
+            say(line)
 
     def one(st: StageDef, key: str) -> None:
         try:
-            results[st.name] = _execute(store, run_id, st, key, recipe, outputs, mine, False, say)
+            results[st.name] = _execute(store, run_id, st, key, recipe, outputs, mine, False, quiet_once_stopped)
         except BaseException as e:
             errors.append(e)
 
-    run_side_by_side([lambda st=st, key=key: one(st, key) for st, key in stages], [st.name for st, _ in stages])
+    try:
+        run_side_by_side([lambda st=st, key=key: one(st, key) for st, key in stages], [st.name for st, _ in stages])
+    except BaseException:
+        # Ctrl-C: the arms still in flight end with the process (Ray stops their actors with the driver) and
+        # `--resume` continues them; their failures as the cluster connection goes are an echo, not news
+        stopping.set()
+        raise
     if errors:
         raise errors[0]
     return results
