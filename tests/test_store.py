@@ -183,11 +183,14 @@ def test_a_step_with_mixed_calls_round_trips_and_writes_survive_a_dropped_connec
             killed = conn.execute(text("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
                                        "datname = current_database() AND pid <> pg_backend_pid()")).scalar_one()
         assert killed >= 1  # the step writer's pooled connection was among them
-    store.add_step(ep, StepRecord(1, "o1", "take key", done=True, calls=[teacher]))
+    bare = {"model": "openai/t", "messages": [{"role": "user", "content": "hi"}], "outputs": ["take key"]}
+    store.add_step(ep, StepRecord(1, "o1", "take key", done=True, calls=[bare]))  # no counts at all: defaults
     store.finish_episode(ep, success=True, score=1.0)
     (got,) = store.episodes(run_id=run_id, with_steps=True)
     assert (got.n_steps, got.prompt_tokens, got.success) == (2, 0, True)
     assert [[c.model for c in s.calls] for s in got.steps] == [["local/s", "openai/t"], ["openai/t"]]
+    last = got.steps[1].calls[0]
+    assert (last.prompt_tokens, last.completion_tokens, last.cost, last.latency, last.params) == (0, 0, 0.0, 0.0, {})
     first = got.steps[0].calls
     assert (first[0].params, first[0].cost, first[0].completion_tokens, first[0].latency) == ({"n": 4}, 0.0, 0, 0.0)
     assert (first[1].params, first[1].cost, first[1].outputs) == ({}, 0.5, ["go west"])

@@ -118,13 +118,14 @@ class _PostgresStepWriter:
                       if isinstance(c.type, JSON)}
         self._defaults = {c.name: c.default.arg for c in ModelCall.__table__.columns
                           if c.default is not None and not callable(c.default.arg)}
+        self._call_cols = tuple(c.name for c in ModelCall.__table__.columns if c.name not in ("id", "step_id"))
         self._sql: dict[tuple, str] = {}
 
     def write(self, row: dict[str, Any], call_rows: list[dict[str, Any]]) -> int:
         step_cols = list(row)
-        call_cols = [c.name for c in ModelCall.__table__.columns
-                     if c.name not in ("id", "step_id") and any(c.name in r for r in call_rows)]
-        sql = self._statement(tuple(step_cols), tuple(call_cols), len(call_rows))
+        # every column, a missing one at its Python-side default: the table has no server defaults to fall back on
+        call_cols = self._call_cols
+        sql = self._statement(tuple(step_cols), call_cols, len(call_rows))
         params = [self._value(c, row[c]) for c in step_cols]
         for r in call_rows:
             params += [self._value(c, r[c] if c in r else self._default(c)) for c in call_cols]
