@@ -52,8 +52,9 @@ def values() -> list[str]:
         given = set(_given)
     found = {v for k, v in os.environ.items() if _SECRET_ENV.search(k) and v and len(v) >= MIN_LEN} | given
     result = sorted(found, key=len, reverse=True)  # longest first: a key containing another is replaced whole
-    with _lock:
-        _cache = (fingerprint, len(given), result)
+    if _environment_fingerprint() == fingerprint:  # not cached if the environment changed during the scan
+        with _lock:
+            _cache = (fingerprint, len(given), result)
     return result
 
 

@@ -196,4 +196,19 @@ def test_a_step_with_mixed_calls_round_trips_and_writes_survive_a_dropped_connec
     assert (first[1].params, first[1].cost, first[1].outputs) == ({}, 0.5, ["go west"])
     assert got.steps[0].info == {"deferred": True}
     assert store.stats()["model_calls"] == 3
+    # an index written twice is an error, whatever happened to the connection before
+    with pytest.raises(Exception):
+        store.add_step(ep, StepRecord(1, "o1", "another action"))
+    with pytest.raises(AgentDistillError, match="no episode"):
+        store.finish_episode(10**6)
+    if db_url.startswith("postgresql"):  # a retry that meets the unique key takes the stored step only if it is its own
+        from agentdistill.store.store import call_row
+
+        writer, step_id = store._step_writer, got.steps[1].id
+        mine = StepRecord(1, "o1", "take key", done=True).row(ep)
+        assert writer._committed_before(mine, 1) == step_id
+        assert writer._committed_before({**mine, "action": "drop key"}, 1) is None  # someone else's step
+        assert writer._committed_before(mine, 2) is None  # not the same calls
+        assert call_row(None, bare)["params"] == {} and writer._default("params") == {} and writer._default("model") is None
+    assert store.stats()["steps"] == 2
     store.close()

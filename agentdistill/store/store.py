@@ -103,21 +103,23 @@ def call_row(step_id: int, call: dict[str, Any]) -> dict[str, Any]:
 
 class _PostgresStepWriter:
     """A step and its model calls in one statement, in autocommit: the step inserted in a CTE, the calls
-    reading its new id. One round trip per step instead of five (the pool's liveness ping, BEGIN, two
-    INSERTs, COMMIT), and a statement text psycopg prepares once per shape.
+    reading its new id. Two round trips per step instead of five (the pool's liveness ping and the statement;
+    before: the ping, BEGIN, two INSERTs, COMMIT), and a statement text psycopg prepares once per shape. It
+    shares the store's pool: one connection per writing process (a cluster's actors each hold one).
 
-    Its own small pool skips the ping: a connection the server dropped fails the statement, is invalidated,
-    and the write is tried once more on a fresh connection. If the lost reply hid a commit, the retry meets the
-    (episode, idx) unique key and reads the stored step's id instead of writing it twice."""
+    A connection the server drops between the ping and the statement fails it and is invalidated; the write is
+    tried once more on a fresh connection. If the lost reply hid a commit, the retry meets the (episode, idx)
+    unique key: the stored step is this one (same texts, same number of calls) and its id is returned instead
+    of writing it twice; any other conflict is raised as it is."""
 
     def __init__(self, engine: Engine):
-        from sqlalchemy import JSON, create_engine
+        from sqlalchemy import JSON
 
-        self.engine = create_engine(engine.url, pool_pre_ping=False, isolation_level="AUTOCOMMIT")
+        self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._json = {c.name for t in (Step.__table__, ModelCall.__table__) for c in t.columns
                       if isinstance(c.type, JSON)}
-        self._defaults = {c.name: c.default.arg for c in ModelCall.__table__.columns
-                          if c.default is not None and not callable(c.default.arg)}
+        # Python-side defaults (a callable one, e.g. `dict`, made fresh per row); a column without one stays NULL
+        self._defaults = {c.name: c.default.arg for c in ModelCall.__table__.columns if c.default is not None}
         self._call_cols = tuple(c.name for c in ModelCall.__table__.columns if c.name not in ("id", "step_id"))
         self._sql: dict[tuple, str] = {}
 
@@ -129,25 +131,37 @@ class _PostgresStepWriter:
         params = [self._value(c, row[c]) for c in step_cols]
         for r in call_rows:
             params += [self._value(c, r[c] if c in r else self._default(c)) for c in call_cols]
-        for attempt in (1, 2):
+        retried = False
+        while True:
             try:
                 with self.engine.connect() as conn:
                     return conn.exec_driver_sql(sql, tuple(params)).scalars().first()  # one row per call
-            except IntegrityError:
-                if attempt == 1:
+            except IntegrityError as e:
+                if not retried or getattr(getattr(e.orig, "diag", None), "constraint_name", None) != "uq_step_idx":
                     raise
-                with self.engine.connect() as conn:  # the first try committed before its reply was lost
-                    return conn.execute(select(Step.id).where(Step.episode_id == row["episode_id"],
-                                                              Step.idx == row["idx"])).scalar_one()
+                stored = self._committed_before(row, len(call_rows))
+                if stored is None:  # another step holds this index: a real conflict, not our lost reply
+                    raise
+                return stored
             except DBAPIError as e:
-                if attempt == 2 or not e.connection_invalidated:
+                if retried or not e.connection_invalidated:
                     raise
-        raise AssertionError("unreachable")
+                retried = True
+
+    def _committed_before(self, row: dict[str, Any], n_calls: int) -> int | None:
+        """The id of the stored step at (episode, idx) if it is this write's, else None."""
+        with self.engine.connect() as conn:
+            found = conn.execute(select(Step.id, Step.observation, Step.action, Step.raw_output).where(
+                Step.episode_id == row["episode_id"], Step.idx == row["idx"])).first()
+            if found is None or (found.observation, found.action, found.raw_output) != (
+                    row["observation"], row["action"], row["raw_output"]):
+                return None
+            calls = conn.execute(select(func.count(ModelCall.id)).where(ModelCall.step_id == found.id)).scalar_one()
+            return found.id if calls == n_calls else None
 
     def _default(self, col: str) -> Any:
-        if col in self._defaults:
-            return self._defaults[col]
-        return {} if col in self._json else None
+        arg = self._defaults.get(col)
+        return arg(None) if callable(arg) else arg  # SQLAlchemy wraps a callable default to take a context
 
     def _value(self, col: str, value: Any) -> Any:
         return json.dumps(value) if col in self._json and value is not None else value
@@ -164,9 +178,6 @@ class _PostgresStepWriter:
                 self._sql[key] = (f"WITH new_step AS ({step}) INSERT INTO model_calls (step_id, {', '.join(call_cols)}) "
                                   f"VALUES {', '.join([one] * n_calls)} RETURNING step_id")
         return self._sql[key]
-
-    def close(self) -> None:
-        self.engine.dispose()
 
 
 @dataclass
@@ -259,8 +270,6 @@ class Store:
         return self._sessions()
 
     def close(self) -> None:
-        if self._step_writer is not None:
-            self._step_writer.close()
         self.engine.dispose()
 
     # ---- runs -----------------------------------------------------------------------------------
@@ -421,7 +430,8 @@ class Store:
             completion_tokens=total(func.sum(Step.completion_tokens), 0), cost=total(func.sum(Step.cost), 0.0),
             status=status, finished_at=utcnow(), **values)
         with self.engine.begin() as conn:
-            conn.execute(stmt)
+            if conn.execute(stmt).rowcount != 1:
+                raise AgentDistillError(f"no episode {episode_id} in the store to finish")
 
     def episodes(
         self,
