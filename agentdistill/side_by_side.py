@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 def run_side_by_side(calls: list[Callable[[], None]], names: list[str] | None = None) -> None:
     """Run every call in its own thread and wait for all of them. The calls report their own errors."""
-    threads = [threading.Thread(target=call, name=(names or [])[i] if names else None, daemon=True)
+    threads = [threading.Thread(target=call, name=names[i] if names else None, daemon=True)
                for i, call in enumerate(calls)]
     for t in threads:
         t.start()

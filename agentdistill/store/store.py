@@ -124,13 +124,11 @@ class _PostgresStepWriter:
         self._sql: dict[tuple, str] = {}
 
     def write(self, row: dict[str, Any], call_rows: list[dict[str, Any]]) -> int:
-        step_cols = list(row)
-        # every column, a missing one at its Python-side default: the table has no server defaults to fall back on
-        call_cols = self._call_cols
-        sql = self._statement(tuple(step_cols), call_cols, len(call_rows))
+        step_cols = tuple(row)
+        sql = self._statement(step_cols, len(call_rows))
         params = [self._value(c, row[c]) for c in step_cols]
-        for r in call_rows:
-            params += [self._value(c, r[c] if c in r else self._default(c)) for c in call_cols]
+        for r in call_rows:  # every column, a missing one at its Python-side default: there are no server defaults
+            params += [self._value(c, r[c] if c in r else self._default(c)) for c in self._call_cols]
         retried = False
         while True:
             try:
@@ -166,16 +164,17 @@ class _PostgresStepWriter:
     def _value(self, col: str, value: Any) -> Any:
         return json.dumps(value) if col in self._json and value is not None else value
 
-    def _statement(self, step_cols: tuple[str, ...], call_cols: tuple[str, ...], n_calls: int) -> str:
-        key = (step_cols, call_cols, n_calls)
+    def _statement(self, step_cols: tuple[str, ...], n_calls: int) -> str:
+        key = (step_cols, n_calls)
         if key not in self._sql:
             step = (f"INSERT INTO steps ({', '.join(step_cols)}) VALUES ({', '.join(['%s'] * len(step_cols))}) "
                     "RETURNING id")
             if not n_calls:
                 self._sql[key] = step
             else:
-                one = "((SELECT id FROM new_step), " + ", ".join(["%s"] * len(call_cols)) + ")"
-                self._sql[key] = (f"WITH new_step AS ({step}) INSERT INTO model_calls (step_id, {', '.join(call_cols)}) "
+                cols = self._call_cols
+                one = "((SELECT id FROM new_step), " + ", ".join(["%s"] * len(cols)) + ")"
+                self._sql[key] = (f"WITH new_step AS ({step}) INSERT INTO model_calls (step_id, {', '.join(cols)}) "
                                   f"VALUES {', '.join([one] * n_calls)} RETURNING step_id")
         return self._sql[key]
 
@@ -387,11 +386,11 @@ class Store:
         """Commit one step and its model calls atomically (SQLAlchemy Core, not an ORM session: this is the
         write every step of every episode makes; benchmarks/store_write_rate.py); on PostgreSQL in one
         statement (_PostgresStepWriter)."""
-        steps, calls = Step.__table__, ModelCall.__table__
         row = step.row(episode_id)
         call_rows = [call_row(None, c) for c in step.calls]
         if self._step_writer is not None:
             return self._step_writer.write(row, call_rows)
+        steps, calls = Step.__table__, ModelCall.__table__
         with self.engine.begin() as conn:
             step_id = conn.execute(insert(steps).returning(steps.c.id), row).scalar_one()
             rows = [{**r, "step_id": step_id} for r in call_rows]
@@ -425,8 +424,8 @@ class Store:
 
         values = {k: redact(v) if isinstance(v, str) else v for k, v in fields.items()}
         stmt = update(Episode).where(Episode.id == episode_id).values(
-            n_steps=select(func.count(Step.id)).where(Step.episode_id == episode_id).scalar_subquery(),
-            reward=total(func.sum(Step.reward), 0.0), prompt_tokens=total(func.sum(Step.prompt_tokens), 0),
+            n_steps=total(func.count(Step.id), 0), reward=total(func.sum(Step.reward), 0.0),
+            prompt_tokens=total(func.sum(Step.prompt_tokens), 0),
             completion_tokens=total(func.sum(Step.completion_tokens), 0), cost=total(func.sum(Step.cost), 0.0),
             status=status, finished_at=utcnow(), **values)
         with self.engine.begin() as conn:
