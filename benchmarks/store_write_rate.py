@@ -119,6 +119,14 @@ def main():
             print(f"{n:>8} {rate:>10.0f} {rate / 2000:>12.2f}x {per_step if pid else float('nan'):>19.3f} {per_core:>24}")
 
     if args.url:  # a remote server: its CPU cannot be read from here
+        from agentdistill.errors import AgentDistillError
+
+        from agentdistill.store.store import Store
+
+        try:  # a server that does not answer, a bad URL: one line, before any table is printed
+            Store.open(args.url).close()
+        except AgentDistillError as e:
+            raise SystemExit(f"--url: {e}") from None
         run(args.url, None)
     else:
         try:  # the server's default durability (fsync, synchronous_commit on): what a real store runs with
