@@ -81,8 +81,13 @@ class LocalCluster:
         """The whole node at once, like a machine losing power: every process of its session (`ray start`, its
         raylet, its worker processes, which Ray puts in their own process groups, and their JVMs)."""
         proc = self.nodes.pop(name)
-        _kill_session(proc.pid)
+        _signal_session(proc.pid, signal.SIGKILL)
         proc.wait()
+
+    def pause(self, name: str, paused: bool) -> None:
+        """Stop (or continue) every process of a node: a stopped node writes nothing more, so what the store
+        holds of it can be read before it is killed."""
+        _signal_session(self.nodes[name].pid, signal.SIGSTOP if paused else signal.SIGCONT)
 
     def stop(self) -> None:
         for name in list(self.nodes)[::-1]:
@@ -96,8 +101,8 @@ class LocalCluster:
         return "\n".join(out)
 
 
-def _kill_session(sid: int) -> None:
-    """SIGKILL every process whose session is `sid` (a node started with start_new_session: all of it, ours only)."""
+def _signal_session(sid: int, sig: int) -> None:
+    """Signal every process whose session is `sid` (a node started with start_new_session: all of it, ours only)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -105,7 +110,7 @@ def _kill_session(sid: int) -> None:
             stat = (entry / "stat").read_text()
             fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp session ...
             if int(fields[3]) == sid:
-                os.kill(int(entry.name), signal.SIGKILL)
+                os.kill(int(entry.name), sig)
         except (OSError, ValueError, IndexError):
             continue
 
@@ -274,21 +279,33 @@ def test_a_worker_node_killed_mid_run_loses_no_step_and_its_episodes_are_retried
     proc = subprocess.Popen([sys.executable, "-m", "agentdistill", "run", str(recipe), "--db", pg, "--no-progress"],
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, **RAY_ENV, "COLUMNS": "200"})
-    # the node whose actor is mid-episode (has stored steps of an unfinished attempt): found by its actor's pid
-    q_running = ("SELECT e.metrics FROM episodes e JOIN runs r ON r.id = e.run_id WHERE r.name = 'node-kill' AND "
-                 "e.status = 'running' AND EXISTS (SELECT 1 FROM steps s WHERE s.episode_id = e.id)")
+    # the node whose actor is mid-episode (has stored steps of an unfinished attempt), found by its actor's pid.
+    # An expert episode lasts a fraction of a second, so a node seen mid-episode may have started its next one
+    # (no step yet) by the time it dies: it is stopped first, checked again, and killed only if still mid-episode.
+    q_running = ("SELECT e.metrics, (SELECT count(*) FROM steps s WHERE s.episode_id = e.id) FROM episodes e "
+                 "JOIN runs r ON r.id = e.run_id WHERE r.name = 'node-kill' AND e.status = 'running'")
+
+    def nodes_mid_episode() -> list[str]:
+        nodes = []
+        for metrics, n_steps in _count(pg, q_running):
+            pid = ((metrics if isinstance(metrics, dict) else json.loads(metrics or "{}")).get("ray") or {}).get("pid")
+            try:
+                sid = os.getsid(pid) if pid and n_steps else None
+            except ProcessLookupError:
+                continue
+            nodes += [n for n, p in cluster.nodes.items() if p.pid == sid and n != "head"]
+        return nodes
+
     victim = None
     deadline = time.time() + 300
     while victim is None and time.time() < deadline and proc.poll() is None:
-        for (metrics,) in _count(pg, q_running):
-            pid = ((metrics if isinstance(metrics, dict) else json.loads(metrics or "{}")).get("ray") or {}).get("pid")
-            try:
-                sid = os.getsid(pid) if pid else None
-            except ProcessLookupError:
-                continue
-            victim = next((n for n, p in cluster.nodes.items() if p.pid == sid and n != "head"), None)
-            if victim:
+        for candidate in nodes_mid_episode()[:1]:
+            cluster.pause(candidate, True)
+            time.sleep(0.3)  # statements already sent land
+            if candidate in nodes_mid_episode():
+                victim = candidate
                 break
+            cluster.pause(candidate, False)
         time.sleep(0.02)
     assert victim, "no episode was seen mid-run on a worker node"
     cluster.kill(victim)  # the whole node, while its actor is mid-episode
