@@ -134,16 +134,17 @@ class RayCluster:
 class _EnvActor:
     """One env instance on some node, playing attempts for one run (made a Ray actor by `RayExecutor`)."""
 
-    def __init__(self, store_url: str, recipe: dict[str, Any], run_id: str, max_steps: dict[str, int]):
+    def __init__(self, store_url: str, recipe: dict[str, Any], max_steps: dict[str, int]):
         from agentdistill.agents.rollout import build_policy
         from agentdistill.config import parse_recipe
         from agentdistill.store.store import Store
 
-        self.recipe = parse_recipe(recipe, f"recipe of run {run_id}")
+        self.recipe = parse_recipe(recipe, "recipe of the run")
         self.store = Store.open(store_url, migrate_fresh=False, create=False)
         policies = {role: build_policy(spec, self.store, self.recipe.env.name)
                     for role, spec in self.recipe.roles().items()}
-        self.runner = Runner(self.store, run_id, policies, max_steps)
+        # it only plays attempts whose rows the driver opened (it may start before the run exists)
+        self.runner = Runner(self.store, None, policies, max_steps)
         self.env = None
 
     def _start(self) -> None:
@@ -201,14 +202,13 @@ class RayExecutor(Executor):
     """Up to `size` env actors, spread over the cluster's nodes, created once and reused; a dead one is
     replaced by a fresh actor for the next episode."""
 
-    def __init__(self, cluster: RayCluster, recipe: dict[str, Any], run_id: str, max_steps: dict[str, int],
-                 size: int):
+    def __init__(self, cluster: RayCluster, recipe: dict[str, Any], max_steps: dict[str, int], size: int):
         ray = _ray()
         self.cluster = cluster
         self._actor_cls = ray.remote(_EnvActor).options(
             num_cpus=cluster.cpus, num_gpus=cluster.gpus, resources=cluster.resources or None,
             scheduling_strategy="SPREAD", max_restarts=0, max_concurrency=1)
-        self._args = (cluster.store_url, recipe, run_id, max_steps)
+        self._args = (cluster.store_url, recipe, max_steps)
         self._free: asyncio.Queue = asyncio.Queue()
         self._all: list[Any] = []
         self.lost = 0  # actors that died under an attempt

@@ -129,17 +129,20 @@ def run_recipe(store: Store, recipe: Recipe, *, progress: bool = True, kind: str
     """Start a new run for the recipe and execute it; returns the run id. `on_start(run_id)` is called
     once the run exists, before any episode (a pipeline records it so the run can be resumed). `env`:
     an instance from `open_env`, already checked (else one is started here)."""
-    env = env or open_env(recipe)  # fail before creating a run
+    # a bad cluster or a store it cannot share fails first; its actors start their envs while this process
+    # opens its own to list the tasks
+    actors = None
     try:
-        cluster = connect_executor(store, recipe)  # a bad cluster or a store it cannot share: before the run exists
+        actors = start_actors(store, recipe)
+        env = env or open_env(recipe)  # fail before creating a run
         policies = {role: build_policy(spec, store, recipe.env.name) for role, spec in recipe.roles().items()}
         run_id = store.create_run(recipe.name, recipe.model_dump(mode="json"), kind=kind)
         if on_start:
             on_start(run_id)
     except BaseException:
-        env.close()
+        _close_all(env, actors)
         raise
-    _execute(store, run_id, recipe, policies, progress, env, cluster)
+    _execute(store, run_id, recipe, policies, progress, env, actors)
     return run_id
 
 
@@ -148,16 +151,38 @@ def resume_run(store: Store, run_id: str, *, progress: bool = True) -> str:
     with attempts left are retried)."""
     run = store.get_run(run_id)
     recipe = parse_recipe(run.recipe, f"recipe stored with run {run.id}")
-    env = open_env(recipe)
+    env = actors = None
     try:
-        cluster = connect_executor(store, recipe)
+        actors = start_actors(store, recipe)
+        env = open_env(recipe)
         policies = {role: build_policy(spec, store, recipe.env.name) for role, spec in recipe.roles().items()}
     except BaseException:
-        env.close()
+        _close_all(env, actors)
         raise
     store.set_run_status(run.id, "running")
-    _execute(store, run.id, recipe, policies, progress, env, cluster)
+    _execute(store, run.id, recipe, policies, progress, env, actors)
     return run.id
+
+
+def _close_all(*things) -> None:
+    for thing in things:
+        if thing is not None:
+            thing.close()
+
+
+def start_actors(store: Store, recipe: Recipe):
+    """None for the local executor; for "ray", the run's env actors, starting on the cluster (one line on an
+    unreachable address, missing resources, or a SQLite store shared with other machines)."""
+    cluster = connect_executor(store, recipe)
+    if cluster is None:
+        return None
+    from agentdistill.agents.ray_executor import RayExecutor
+
+    return RayExecutor(cluster, recipe.model_dump(mode="json"), max_steps_per_role(recipe), recipe.runner.concurrency)
+
+
+def max_steps_per_role(recipe: Recipe) -> dict[str, int]:
+    return {role: spec.max_steps or recipe.runner.max_steps for role, spec in recipe.roles().items()}
 
 
 def connect_executor(store: Store, recipe: Recipe):
@@ -173,21 +198,20 @@ def connect_executor(store: Store, recipe: Recipe):
 
 
 def _execute(store: Store, run_id: str, recipe: Recipe, policies: dict[str, Policy], progress: bool,
-             first: Env, cluster=None) -> None:
-    max_steps = {role: spec.max_steps or recipe.runner.max_steps for role, spec in recipe.roles().items()}
-    executor: Executor | None = None
+             first: Env, actors: Executor | None = None) -> None:
+    """Play the run's plan on `actors` (a cluster's, from `start_actors`) or, without them, in this process
+    on a pool of envs that starts with `first`."""
+    executor: Executor | None = actors
     try:
-        plan = plan_for(first, recipe)
-        if cluster is None:
+        try:
+            plan = plan_for(first, recipe)
+        finally:
+            if actors is not None:  # this process's env only listed the tasks: the episodes' envs live in the actors
+                first.close()
+        if executor is None:
             executor = LocalExecutor(EnvPool(lambda: start_env(recipe.env.name, recipe.env.options),
                                              recipe.runner.concurrency, first))
-        else:  # this process's env only listed the tasks: the episodes' envs live in the cluster's actors
-            first.close()
-            from agentdistill.agents.ray_executor import RayExecutor
-
-            executor = RayExecutor(cluster, recipe.model_dump(mode="json"), run_id, max_steps,
-                                   recipe.runner.concurrency)
-        runner = Runner(store, run_id, policies, max_steps, recipe.runner.max_attempts)
+        runner = Runner(store, run_id, policies, max_steps_per_role(recipe), recipe.runner.max_attempts)
         asyncio.run(runner.run(plan, executor, recipe.runner.concurrency, progress=progress))
     except BaseException:
         store.set_run_status(run_id, "error")
@@ -195,7 +219,7 @@ def _execute(store: Store, run_id: str, recipe: Recipe, policies: dict[str, Poli
     finally:
         if executor is not None:
             executor.close()
-        elif cluster is None:
+        else:
             first.close()
     failed = sum(e.status == "error" for e in store.episodes(run_id=run_id, with_calls=False))
     if failed / max(len(plan), 1) > recipe.runner.fail_on_error:

@@ -119,8 +119,9 @@ class LocalExecutor(Executor):
 
 
 class Runner:
-    def __init__(self, store: Store, run_id: str, policies: dict[str, Policy], max_steps: dict[str, int],
+    def __init__(self, store: Store, run_id: str | None, policies: dict[str, Policy], max_steps: dict[str, int],
                  max_attempts: int = 1):
+        """`run_id` None: a runner that only plays attempts opened elsewhere (`play`), as an env actor's does."""
         self.store = store
         self.run_id = run_id
         self.policies = policies
