@@ -236,7 +236,14 @@ def _episodes_done(db: str, run_id: str) -> int:
 
 def _start(recipe: Path, db: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "agentdistill", "run", str(recipe), "--db", db, "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=_ctrl_c_heard)
+
+
+def _ctrl_c_heard() -> None:
+    """Ctrl-C reaches the CLI as in a terminal, even when the tests were started in the background (a shell
+    starts background jobs with SIGINT ignored, and a child inherits that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _wait_for(db: str, stage: str, episodes: int, proc: subprocess.Popen, timeout: float = 600) -> str:
@@ -383,23 +390,30 @@ def test_ctrl_c_during_side_by_side_stages_raises_at_once_and_the_rest_stays_qui
     store = Store.open(str(tmp_path / "s.db"))
     run_id = store.create_run("p", {}, kind="pipeline")
     recipe = parse_recipe({"name": "p", "env": {"name": "textworld"}, "student": {"model": "local/smollm2-135m"}})
-    interrupted, release = threading.Event(), threading.Event()
+    started, interrupted, release = threading.Event(), threading.Event(), threading.Event()
 
     def ctrl_c(ctx):
+        started.wait(10)  # both arms are under way (each has said so)
         interrupted.set()
         _thread.interrupt_main()  # what the terminal's Ctrl-C does to the main thread
         release.wait(10)
         raise RuntimeError("the cluster connection went away")
 
     def slow_arm(ctx):
+        started.set()
         interrupted.wait(10)
         release.wait(10)
         return {"won": 1}
 
     said: list[str] = []
     stages = [(StageDef("eval.a", "eval", {}, [], ctrl_c), "ka"), (StageDef("eval.b", "eval", {}, [], slow_arm), "kb")]
-    with pytest.raises(KeyboardInterrupt):
-        _execute_together(store, run_id, stages, recipe, {}, {}, said.append)
+    # Python's own Ctrl-C handler, as the CLI has it (tests started in the background inherit SIGINT ignored)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            _execute_together(store, run_id, stages, recipe, {}, {}, said.append)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert sorted(said) == ["eval.a: running", "eval.b: running"]  # said before the interruption
     release.set()
     for _ in range(100):  # the arms run out in their threads
