@@ -4,6 +4,7 @@ server (started here from the system's binaries), llama-cpp-python's OpenAI-comp
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from contextlib import ExitStack
 from pathlib import Path
@@ -13,6 +14,10 @@ import pytest
 from agentdistill.testing import PostgresUnavailable, free_port, throwaway_postgres  # noqa: F401 (free_port: for tests)
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# Ctrl-C as in a terminal, also when the suite was started in the background (a shell starts background jobs
+# with SIGINT ignored and every child inherits that): the Ctrl-C tests interrupt this process and the CLI
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -71,6 +71,33 @@ def test_a_run_whose_episodes_all_fail_exits_non_zero_in_one_line(tmp_path):
             assert status == ("error" if code else "done")
 
 
+def test_resume_gives_episodes_that_ran_out_of_attempts_new_ones(tmp_path):
+    """A run that failed because its episodes errored out of attempts (an endpoint down for a while, a
+    browser stalled under load) is finished by `--resume`: each errored episode gets `max_attempts` new
+    attempts, the failed ones stay stored."""
+    pytest.importorskip("textworld")
+    import sqlite3
+
+    from tests.conftest import run_cli
+
+    with OpenAIStub(failures=[400] * 4) as stub:  # 2 episodes x 2 attempts fail, then the endpoint answers
+        recipe = tmp_path / "r.toml"
+        recipe.write_text(f'[env]\nname = "textworld"\nsplit = "test"\ntasks = ["easy"]\nvariations = 2\n'
+                          f'[student]\nmodel = "openai/stub"\napi_base = "{stub.url}"\n'
+                          f'[runner]\nmax_steps = 3\nmax_attempts = 2\n')
+        db = tmp_path / "s.db"
+        p = run_cli("run", str(recipe), "--db", str(db), "--no-progress")
+        assert p.returncode == 1 and "2 of 2 episodes ended in error" in p.stderr, p.stderr
+        (run_id,) = sqlite3.connect(db).execute("SELECT id FROM runs").fetchone()
+        p = run_cli("run", "--resume", run_id, "--db", str(db), "--no-progress")
+        assert p.returncode == 0, p.stderr
+    rows = sqlite3.connect(db).execute("SELECT plan_index, attempt, status, n_steps FROM episodes ORDER BY 1, 2").fetchall()
+    assert [r[:3] for r in rows] == [(0, 0, "error"), (0, 1, "error"), (0, 2, "done"),
+                                     (1, 0, "error"), (1, 1, "error"), (1, 2, "done")]
+    assert all(n == 3 for _, _, status, n in rows if status == "done")  # played to max_steps on the answers
+    assert sqlite3.connect(db).execute("SELECT status FROM runs").fetchone()[0] == "done"
+
+
 # ---- dead environments ----------------------------------------------------------------------------
 class _Faults:
     """Which calls (counted across every instance in the process) kill the instance's JVM first."""

@@ -236,14 +236,7 @@ def _episodes_done(db: str, run_id: str) -> int:
 
 def _start(recipe: Path, db: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "agentdistill", "run", str(recipe), "--db", db, "--no-progress"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            preexec_fn=_ctrl_c_heard)
-
-
-def _ctrl_c_heard() -> None:
-    """Ctrl-C reaches the CLI as in a terminal, even when the tests were started in the background (a shell
-    starts background jobs with SIGINT ignored, and a child inherits that)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
 def _wait_for(db: str, stage: str, episodes: int, proc: subprocess.Popen, timeout: float = 600) -> str:
@@ -407,13 +400,8 @@ def test_ctrl_c_during_side_by_side_stages_raises_at_once_and_the_rest_stays_qui
 
     said: list[str] = []
     stages = [(StageDef("eval.a", "eval", {}, [], ctrl_c), "ka"), (StageDef("eval.b", "eval", {}, [], slow_arm), "kb")]
-    # Python's own Ctrl-C handler, as the CLI has it (tests started in the background inherit SIGINT ignored)
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            _execute_together(store, run_id, stages, recipe, {}, {}, said.append)
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    with pytest.raises(KeyboardInterrupt):
+        _execute_together(store, run_id, stages, recipe, {}, {}, said.append)
     assert sorted(said) == ["eval.a: running", "eval.b: running"]  # said before the interruption
     release.set()
     for _ in range(100):  # the arms run out in their threads

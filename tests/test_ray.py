@@ -84,11 +84,6 @@ class LocalCluster:
         _signal_session(proc.pid, signal.SIGKILL)
         proc.wait()
 
-    def pause(self, name: str, paused: bool) -> None:
-        """Stop (or continue) every process of a node: a stopped node writes nothing more, so what the store
-        holds of it can be read before it is killed."""
-        _signal_session(self.nodes[name].pid, signal.SIGSTOP if paused else signal.SIGCONT)
-
     def stop(self) -> None:
         for name in list(self.nodes)[::-1]:
             self.kill(name)
@@ -280,34 +275,50 @@ def test_a_worker_node_killed_mid_run_loses_no_step_and_its_episodes_are_retried
                             stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, **RAY_ENV, "COLUMNS": "200"})
     # the node whose actor is mid-episode (has stored steps of an unfinished attempt), found by its actor's pid.
-    # An expert episode lasts a fraction of a second, so a node seen mid-episode may have started its next one
-    # (no step yet) by the time it dies: it is stopped first, checked again, and killed only if still mid-episode.
+    # An expert episode lasts a fraction of a second, so an actor seen mid-episode may have started its next
+    # one (no step yet) by the time its node dies: the actor's process is stopped first (not its node, whose
+    # health checks must go on), checked again, and its node killed only if it is still mid-episode.
     q_running = ("SELECT e.metrics, (SELECT count(*) FROM steps s WHERE s.episode_id = e.id) FROM episodes e "
                  "JOIN runs r ON r.id = e.run_id WHERE r.name = 'node-kill' AND e.status = 'running'")
 
-    def nodes_mid_episode() -> list[str]:
-        nodes = []
+    def actors_mid_episode() -> list[tuple[str, int]]:
+        """(worker node, actor pid) of every running attempt with stored steps."""
+        found = []
         for metrics, n_steps in _count(pg, q_running):
             pid = ((metrics if isinstance(metrics, dict) else json.loads(metrics or "{}")).get("ray") or {}).get("pid")
             try:
                 sid = os.getsid(pid) if pid and n_steps else None
             except ProcessLookupError:
                 continue
-            nodes += [n for n, p in cluster.nodes.items() if p.pid == sid and n != "head"]
-        return nodes
+            found += [(n, pid) for n, p in cluster.nodes.items() if p.pid == sid and n != "head"]
+        return found
 
-    victim = None
+    def still_mid_episode(actor: tuple[str, int]) -> bool:
+        for _ in range(2):  # twice, apart: a commit sent just before the stop has landed by the second look
+            time.sleep(0.3)
+            if actor not in actors_mid_episode():
+                return False
+        return True
+
+    victim, stopped = None, None
     deadline = time.time() + 300
-    while victim is None and time.time() < deadline and proc.poll() is None:
-        for candidate in nodes_mid_episode()[:1]:
-            cluster.pause(candidate, True)
-            time.sleep(0.3)  # statements already sent land
-            if candidate in nodes_mid_episode():
-                victim = candidate
-                break
-            cluster.pause(candidate, False)
-        time.sleep(0.02)
-    assert victim, "no episode was seen mid-run on a worker node"
+    try:
+        while victim is None and time.time() < deadline and proc.poll() is None:
+            for stopped in actors_mid_episode()[:1]:
+                os.kill(stopped[1], signal.SIGSTOP)
+                if still_mid_episode(stopped):
+                    victim = stopped[0]
+                    break
+                os.kill(stopped[1], signal.SIGCONT)
+                stopped = None
+            time.sleep(0.02)
+        assert victim, "no episode was seen mid-run on a worker node"
+    except BaseException:  # leave no stopped actor and no driver behind for the next tests
+        if stopped:
+            os.kill(stopped[1], signal.SIGCONT)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        raise
     cluster.kill(victim)  # the whole node, while its actor is mid-episode
     # every step stored by now, with its content
     q_steps = ("SELECT s.id, s.episode_id, s.idx, s.action, s.next_observation FROM steps s JOIN episodes e ON "

@@ -135,14 +135,13 @@ class _EnvActor:
     """One env instance on some node, playing attempts for one run (made a Ray actor by `RayExecutor`)."""
 
     def __init__(self, store_url: str, recipe: dict[str, Any], max_steps: dict[str, int]):
-        from agentdistill.agents.rollout import build_policy
+        from agentdistill.agents.rollout import build_policies
         from agentdistill.config import parse_recipe
         from agentdistill.store.store import Store
 
         self.recipe = parse_recipe(recipe, "recipe of the run")
         self.store = Store.open(store_url, migrate_fresh=False, create=False)
-        policies = {role: build_policy(spec, self.store, self.recipe.env.name)
-                    for role, spec in self.recipe.roles().items()}
+        policies = build_policies(self.store, self.recipe)
         # it only plays attempts whose rows the driver opened (it may start before the run exists)
         self.runner = Runner(self.store, None, policies, max_steps)
         self.env = None
@@ -289,12 +288,13 @@ class RayExecutor(Executor):
             ray.wait(closing, num_returns=len(closing), timeout=30)
         except Exception as e:
             log.debug("closing env actors: %s", e)
-        for actor in self._all:
-            try:
-                ray.kill(actor, no_restart=True)
-            except Exception as e:
-                log.debug("killing an env actor failed: %s", e)
-        self._all.clear()
+        finally:  # even on a second Ctrl-C while they close
+            for actor in self._all:
+                try:
+                    ray.kill(actor, no_restart=True)
+                except Exception as e:
+                    log.debug("killing an env actor failed: %s", e)
+            self._all.clear()
 
 
 def _cause(e: BaseException) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import defaultdict
 from collections.abc import Callable
 
@@ -18,6 +19,8 @@ from agentdistill.models import make_model
 from agentdistill.models.registry import IN_PROCESS
 from agentdistill.models.cost import Price
 from agentdistill.store.store import Store
+
+log = logging.getLogger(__name__)
 
 
 def build_policy(spec: PolicySpec, store: Store | None = None, env_name: str = "scienceworld") -> Policy:
@@ -129,56 +132,68 @@ def run_recipe(store: Store, recipe: Recipe, *, progress: bool = True, kind: str
     """Start a new run for the recipe and execute it; returns the run id. `on_start(run_id)` is called
     once the run exists, before any episode (a pipeline records it so the run can be resumed). `env`:
     an instance from `open_env`, already checked (else one is started here)."""
-    # a bad cluster or a store it cannot share fails first; its actors start their envs while this process
-    # opens its own to list the tasks
     actors = None
     try:
-        actors = start_actors(store, recipe)
+        # the driver's policies come first on a cluster (they may save a pack or build a demo index the actors
+        # then read); its actors start their envs while this process opens its own to list the tasks
+        policies, actors = _policies_and_actors(store, recipe)
         env = env or open_env(recipe)  # fail before creating a run
-        policies = {role: build_policy(spec, store, recipe.env.name) for role, spec in recipe.roles().items()}
+        policies = policies or build_policies(store, recipe)
         run_id = store.create_run(recipe.name, recipe.model_dump(mode="json"), kind=kind)
         if on_start:
             on_start(run_id)
     except BaseException:
-        _close_all(env, actors)
+        _close_quietly(actors, env)
         raise
     _execute(store, run_id, recipe, policies, progress, env, actors)
     return run_id
 
 
 def resume_run(store: Store, run_id: str, *, progress: bool = True) -> str:
-    """Finish a crashed or interrupted run without duplicating its finished episodes (errored episodes
-    with attempts left are retried)."""
+    """Finish a crashed or interrupted run without duplicating its finished episodes; errored episodes get
+    up to `max_attempts` new attempts (their failed ones stay stored)."""
     run = store.get_run(run_id)
     recipe = parse_recipe(run.recipe, f"recipe stored with run {run.id}")
     env = actors = None
     try:
-        actors = start_actors(store, recipe)
+        policies, actors = _policies_and_actors(store, recipe)
         env = open_env(recipe)
-        policies = {role: build_policy(spec, store, recipe.env.name) for role, spec in recipe.roles().items()}
+        policies = policies or build_policies(store, recipe)
+        store.set_run_status(run.id, "running")
     except BaseException:
-        _close_all(env, actors)
+        _close_quietly(actors, env)
         raise
-    store.set_run_status(run.id, "running")
     _execute(store, run.id, recipe, policies, progress, env, actors)
     return run.id
 
 
-def _close_all(*things) -> None:
-    for thing in things:
-        if thing is not None:
-            thing.close()
+def build_policies(store: Store, recipe: Recipe) -> dict[str, Policy]:
+    return {role: build_policy(spec, store, recipe.env.name) for role, spec in recipe.roles().items()}
 
 
-def start_actors(store: Store, recipe: Recipe):
-    """None for the local executor; for "ray", the run's env actors, starting on the cluster (one line on an
-    unreachable address, missing resources, or a SQLite store shared with other machines)."""
+def _policies_and_actors(store: Store, recipe: Recipe) -> tuple[dict[str, Policy] | None, Executor | None]:
+    """(None, None) for the local executor; for "ray", the driver's policies and the run's env actors,
+    starting on the cluster (one line on an unreachable address, missing resources, or a SQLite store
+    shared with other machines)."""
     cluster = connect_executor(store, recipe)
     if cluster is None:
-        return None
+        return None, None
     from agentdistill.agents.ray_executor import RayExecutor
 
-    return RayExecutor(cluster, recipe.model_dump(mode="json"), max_steps_per_role(recipe), recipe.runner.concurrency)
+    policies = build_policies(store, recipe)
+    return policies, RayExecutor(cluster, recipe.model_dump(mode="json"), max_steps_per_role(recipe),
+                                 recipe.runner.concurrency)
+
+
+def _close_quietly(*things) -> None:
+    """Close what a failed start opened (actors first), each on its own: the start's own error is the news."""
+    for thing in things:
+        if thing is None:
+            continue
+        try:
+            thing.close()
+        except Exception as e:
+            log.debug("closing %s after a failed start: %s", type(thing).__name__, e)
 
 
 def max_steps_per_role(recipe: Recipe) -> dict[str, int]:
@@ -199,7 +214,7 @@ def connect_executor(store: Store, recipe: Recipe):
 
 def _execute(store: Store, run_id: str, recipe: Recipe, policies: dict[str, Policy], progress: bool,
              first: Env, actors: Executor | None = None) -> None:
-    """Play the run's plan on `actors` (a cluster's, from `start_actors`) or, without them, in this process
+    """Play the run's plan on `actors` (a cluster's, from `_policies_and_actors`) or, without them, in this process
     on a pool of envs that starts with `first`."""
     executor: Executor | None = actors
     try:

@@ -128,10 +128,12 @@ class Runner:
         self.max_steps = max_steps  # per role
         self.max_attempts = max_attempts
 
-    def _pending(self, prior) -> bool:
-        """Does this plan entry still need work: never started, interrupted, or errored with attempts left?"""
-        return prior is None or prior.status == "running" or (
-            prior.status == "error" and prior.attempt + 1 < self.max_attempts)
+    @staticmethod
+    def _pending(prior) -> bool:
+        """Does this plan entry still need work: never started, interrupted, or errored? Each call of `run`
+        gives an entry up to `max_attempts` attempts, so a resumed run retries what ran out of attempts
+        before (a browser that stalled under load, a node that went away); earlier attempts stay stored."""
+        return prior is None or prior.status in ("running", "error")
 
     async def run(self, plan: list[EpisodeSpec], pool: EnvPool | Executor, concurrency: int,
                   progress: bool = True) -> None:
@@ -160,9 +162,11 @@ class Runner:
                     episode_id = prior.id if prior is not None and prior.status == "running" else None
                     if prior is not None and prior.status == "error":
                         attempt += 1  # a retry of an attempt that errored before (e.g. before a crash)
+                    tries = 0
                     while True:
                         status = await self._attempt(spec, executor, episode_id, attempt)
-                        if status != "error" or attempt + 1 >= self.max_attempts:
+                        tries += 1
+                        if status != "error" or tries >= self.max_attempts:
                             break
                         attempt, episode_id = attempt + 1, None  # the errored attempt stays as it is
                     bar.advance(job)
