@@ -122,3 +122,31 @@ def test_the_prefix_cache_is_used_only_where_padding_cannot_change_attention():
     assert not supports(NS(config=NS(layer_types=["full_attention", "sliding_attention"]), generation_config=NS(cache_implementation=None)))
     assert not supports(NS(config=NS(), generation_config=NS(cache_implementation="static")))
     assert LocalModel("local/smollm2-135m")._loaded.prefixes is not None  # Llama-style SmolLM2: full attention
+
+
+def test_released_models_free_their_weights_and_end_their_batcher():
+    """A pipeline releases in-process models after each stage (each eval arm loads its own checkpoint): the
+    weights go, the batcher's thread ends, and a model asked for again loads and answers the same."""
+    import gc
+    import threading
+    import weakref
+
+    from agentdistill.models.local import default_dtype
+    from agentdistill.models.registry import make_model, release_in_process_models
+
+    # a dtype the module's other models do not use: nothing else holds these weights
+    dtype = "float32" if default_dtype() == "bfloat16" else "bfloat16"
+    before = set(threading.enumerate())
+    model = make_model("local/smollm2-135m", dtype=dtype)
+    answer = model.complete(CHATS[0], max_tokens=6)[0].text
+    weights = weakref.ref(model.model)
+    (batcher,) = [t for t in set(threading.enumerate()) - before if t.name == "agentdistill-batcher"]
+    assert make_model("local/smollm2-135m", dtype=dtype) is model  # kept while in use
+    del model
+    release_in_process_models()
+    batcher.join(10)
+    gc.collect()
+    assert not batcher.is_alive() and weights() is None
+    again = make_model("local/smollm2-135m", dtype=dtype)
+    assert again.complete(CHATS[0], max_tokens=6)[0].text == answer
+    release_in_process_models()

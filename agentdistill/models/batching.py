@@ -49,10 +49,17 @@ class Batcher:
         self._queue.put(request)
         return request.future.result()
 
+    def close(self) -> None:
+        """The worker ends once the requests queued before this are answered."""
+        self._queue.put(None)
+
     def _work(self) -> None:
         pending: list[Request] = []
+        closing = False
         while True:
             if not pending:
+                if closing:
+                    return
                 pending.append(self._queue.get())
                 time.sleep(self.window)
             while True:
@@ -60,6 +67,11 @@ class Batcher:
                     pending.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            if None in pending:
+                closing = True
+                pending = [r for r in pending if r is not None]
+                if not pending:
+                    return
             group = pending[0].group
             batch, rows, rest = [], 0, []
             for r in pending:

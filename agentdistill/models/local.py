@@ -152,6 +152,17 @@ class _Loaded:
             return self._batcher
 
     @classmethod
+    def release_all(cls) -> None:
+        """Forget every loaded checkpoint (its weights go once no model object holds them) and end the
+        batchers' threads; a model still in use starts a new batcher on its next request."""
+        with cls._cache_lock:
+            loaded, cls._cache = list(cls._cache.values()), {}
+            for entry in loaded:
+                batcher, entry._batcher = getattr(entry, "_batcher", None), None
+                if batcher is not None:
+                    batcher.close()
+
+    @classmethod
     def get(cls, path: Path, dtype: str) -> _Loaded:
         key = f"{path.resolve()}|{dtype}"
         with cls._cache_lock:

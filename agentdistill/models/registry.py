@@ -98,6 +98,21 @@ def make_model(model_id: str, **options: Any) -> ChatModel:
     return _instances[key]
 
 
+def release_in_process_models() -> None:
+    """Forget the in-process models built so far, so their weights can go: a pipeline calls this after
+    each stage (each eval arm loads its own checkpoint; kept for the process's life, a full efficacy
+    recipe grew one process past 17 GB). A later make_model loads again."""
+    import gc
+    import sys
+
+    for key in [k for k in _instances if k[0].startswith(IN_PROCESS)]:
+        del _instances[key]
+    local = sys.modules.get("agentdistill.models.local")
+    if local is not None:
+        local._Loaded.release_all()
+    gc.collect()
+
+
 def _provider_keys(model_id: str) -> list[str]:
     """The usual key variables of a litellm provider (`openai/...` -> OPENAI_API_KEY): set but empty counts
     as missing."""

@@ -23,6 +23,7 @@ from typing import Any
 
 from agentdistill.config import Recipe, parse_recipe
 from agentdistill.errors import AgentDistillError, ConfigError
+from agentdistill.models.registry import release_in_process_models
 from agentdistill.secrets import redact
 from agentdistill.side_by_side import run_side_by_side
 from agentdistill.store.store import Store
@@ -155,6 +156,7 @@ def run_pipeline(store: Store, recipe: Recipe, *, run_id: str | None = None, sta
         if pending:
             outputs.update(_execute_together(store, run_id, pending, recipe, outputs, mine, say))
             pending.clear()
+            release_in_process_models()
 
     try:
         for i, st in enumerate(stages):
@@ -184,6 +186,7 @@ def run_pipeline(store: Store, recipe: Recipe, *, run_id: str | None = None, sta
                 pending.append((st, key))
                 continue
             outputs[st.name] = _execute(store, run_id, st, key, recipe, outputs, mine, progress, say)
+            release_in_process_models()  # the next stage loads what it needs
         flush()
         if stale:
             say(f"not run (their inputs changed; --only ran only {only}): {', '.join(stale)}; "
