@@ -136,6 +136,7 @@ def test_released_models_free_their_weights_and_end_their_batcher():
 
     # a dtype the module's other models do not use: nothing else holds these weights
     dtype = "float32" if default_dtype() == "bfloat16" else "bfloat16"
+    release_in_process_models()  # what earlier tests loaded: this test's weights are loaded afresh below
     before = set(threading.enumerate())
     model = make_model("local/smollm2-135m", dtype=dtype)
     answer = model.complete(CHATS[0], max_tokens=6)[0].text
