@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import defaultdict
 from collections.abc import Callable
 
 from agentdistill.agents.cascade import CascadePolicy
 from agentdistill.agents.policies import ExpertPolicy, LLMPolicy, Policy
 from agentdistill.distill.icd import DemoIndex, Retrieval
-from agentdistill.agents.runner import EnvPool, EpisodeSpec, Executor, LocalExecutor, Runner, make_plan
+from agentdistill.agents.runner import EnvPool, EpisodeSpec, Executor, LocalExecutor, Runner, _close_quietly, make_plan
 from agentdistill.config import PolicySpec, Recipe, parse_recipe
 from agentdistill.envs import Env, Task, make
 from agentdistill.errors import AgentDistillError, EnvNotReady, RunFailed
@@ -19,8 +18,6 @@ from agentdistill.models import make_model
 from agentdistill.models.registry import IN_PROCESS
 from agentdistill.models.cost import Price
 from agentdistill.store.store import Store
-
-log = logging.getLogger(__name__)
 
 
 def build_policy(spec: PolicySpec, store: Store | None = None, env_name: str = "scienceworld") -> Policy:
@@ -183,17 +180,6 @@ def _policies_and_actors(store: Store, recipe: Recipe) -> tuple[dict[str, Policy
     policies = build_policies(store, recipe)
     return policies, RayExecutor(cluster, recipe.model_dump(mode="json"), max_steps_per_role(recipe),
                                  recipe.runner.concurrency)
-
-
-def _close_quietly(*things) -> None:
-    """Close what a failed start opened (actors first), each on its own: the start's own error is the news."""
-    for thing in things:
-        if thing is None:
-            continue
-        try:
-            thing.close()
-        except Exception as e:
-            log.debug("closing %s after a failed start: %s", type(thing).__name__, e)
 
 
 def max_steps_per_role(recipe: Recipe) -> dict[str, int]:

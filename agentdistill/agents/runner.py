@@ -80,11 +80,16 @@ class EnvPool:
         self._all.clear()
 
 
-def _close_quietly(env: Env) -> None:
-    try:
-        env.close()
-    except Exception as e:  # a dead env may fail to close: it is being discarded anyway
-        log.debug("closing a retired env failed: %s", e)
+def _close_quietly(*things) -> None:
+    """Close each of `things` that is there, on its own: a dead env (or a cluster's actors after a failed
+    start) may fail to close, and it is being discarded anyway."""
+    for thing in things:
+        if thing is None:
+            continue
+        try:
+            thing.close()
+        except Exception as e:
+            log.debug("closing a discarded %s failed: %s", type(thing).__name__, e)
 
 
 class Executor(ABC):
