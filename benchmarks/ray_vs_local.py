@@ -28,10 +28,21 @@ TASKS = {"scienceworld": ["lifespan-longest-lived", "power-component", "identify
          "textworld": ["easy", "medium"]}
 
 
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(v) for v in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive whole numbers, comma-separated (e.g. 4,12)")
+    return counts
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--env", default="scienceworld", choices=sorted(TASKS))
-    ap.add_argument("--variations", default="4,12", help="variations per task, one plan per value (comma-separated)")
+    ap.add_argument("--variations", default=[4, 12], type=_counts,
+                    help="variations per task, one plan per value (comma-separated)")
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--db", default=None)
@@ -59,7 +70,7 @@ def main():
 
     print(f"{os.cpu_count()} CPU cores, shared with whatever else runs here; store {store.engine.url.get_backend_name()}; "
           f"local Ray cluster start (once, not counted): {cluster_start:.1f} s")
-    for variations in (int(v) for v in args.variations.split(",")):
+    for variations in args.variations:
         times: dict[str, list[float]] = {"local": [], "ray": []}
         steps: dict[str, int] = {}
         for _ in range(args.repeat):
