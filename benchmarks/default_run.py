@@ -1,6 +1,6 @@
 """The default `agentdistill run` (the embedded pipeline), wall time with the local student's dynamic
-batching off ("before") and on ("after", the shipped default), each in a fresh directory and store,
-measured in one run. Prints each stage's wall time and the ratio.
+batching and prefix cache both off ("before"), batching alone, and both on (the shipped default), each
+in a fresh directory and store, measured in one run. Prints each stage's wall time and the ratios.
 
 Only the stages where the student generates (eval.base, eval.sft at concurrency 4) can gain; collect is
 the expert and SFT is training. The one-time conversion of the weights is done before timing.
@@ -15,17 +15,20 @@ import sys
 import tempfile
 import time
 
-# `agentdistill run` with LocalModel's `batching` default turned off: every request generated alone
-UNBATCHED = """
+# `agentdistill run` with LocalModel's `batching` default turned off (every request generated alone)
+# and no prefix cache (every prompt prefilled whole)
+NEITHER = """
 import inspect, sys
-from agentdistill.models.local import LocalModel
-params = list(inspect.signature(LocalModel.__init__).parameters.values())[2:]  # after self, model_id
-LocalModel.__init__.__defaults__ = tuple(False if p.name == "batching" else p.default for p in params)
+from agentdistill.models import local
+params = list(inspect.signature(local.LocalModel.__init__).parameters.values())[2:]  # after self, model_id
+local.LocalModel.__init__.__defaults__ = tuple(False if p.name == "batching" else p.default for p in params)
+local.PrefixCache = lambda: None
 from agentdistill.cli import app
 sys.argv = ["agentdistill", "run", "--no-progress"]
 app()
 """
-BATCHED = UNBATCHED.replace('False if p.name == "batching" else p.default', "p.default")
+BATCHING = NEITHER.replace('False if p.name == "batching" else p.default', "p.default")
+BOTH = BATCHING.replace("local.PrefixCache = lambda: None\n", "")
 
 
 def run(code: str, label: str) -> tuple[float, dict[str, float], str]:
@@ -46,16 +49,19 @@ def main():
     from agentdistill.models.local import resolve_checkpoint
 
     resolve_checkpoint("smollm2-135m")  # the one-time GGUF conversion, outside the timings
-    before = run(UNBATCHED, "batching off")
-    after = run(BATCHED, "batching on ")
+    arms = [("neither", run(NEITHER, "batching off, prefix cache off")),
+            ("batching", run(BATCHING, "batching on,  prefix cache off")),
+            ("both", run(BOTH, "batching on,  prefix cache on "))]
     print()
-    print(after[2])
+    print(arms[-1][1][2])
     print()
+    (_, before), *after = arms
     for stage in ("eval.base", "eval.sft"):
-        if stage in before[1] and stage in after[1] and after[1][stage]:
-            print(f"{stage}: {before[1][stage]:.0f} s -> {after[1][stage]:.0f} s = {before[1][stage] / after[1][stage]:.2f}x")
-    print(f"default `agentdistill run`: {before[0]:.0f} s with batching off -> {after[0]:.0f} s with it on = "
-          f"{before[0] / after[0]:.2f}x")
+        if all(stage in a[1] and a[1][stage] for _, a in arms):
+            print(f"{stage}: " + " -> ".join(f"{a[1][stage]:.0f} s ({name})" for name, a in arms) + "  = " +
+                  ", ".join(f"{before[1][stage] / a[1][stage]:.2f}x" for _, a in after))
+    print("default `agentdistill run`: " + " -> ".join(f"{a[0]:.0f} s ({name})" for name, a in arms) + "  = " +
+          ", ".join(f"{before[0] / a[0]:.2f}x ({name} vs neither)" for name, a in after))
 
 
 if __name__ == "__main__":

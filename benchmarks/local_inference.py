@@ -6,9 +6,13 @@
 3. llama.cpp (`llamacpp/smollm2-135m`, the GGUF as shipped) vs transformers (`local/smollm2-135m`):
    generated tokens per second on the same stored prompts, one request at a time (goal >= 4x), and
    episodes per minute at 1 and 8 concurrent episodes;
-4. a student carrying a skill pack (Trace2Skill, distilled from the warm-up's expert episodes, inline in
-   the system prompt as the efficacy table's pack arms run it): transformers' prefix cache on vs off at 8
-   concurrent episodes, episodes per minute.
+4. transformers' prefix cache (each prompt prefills only what follows its longest prefix shared with a
+   kept prompt) on vs off, episodes per minute at 1 and 8 concurrent episodes; and for a student carrying
+   a skill pack (Trace2Skill, distilled from the warm-up's expert episodes, inline in the system prompt as
+   the efficacy table's pack arms run it) at 8 concurrent episodes.
+
+Every arm plays the same games and starts from an empty prefix cache (a kept prompt from an earlier arm
+would be a free hit).
 
 Run: python benchmarks/local_inference.py [--episodes 8] [--steps 5]
 """
@@ -102,14 +106,18 @@ def main():
                              f"prefix cache on vs off {pack_secs['prefix cache off'] / pack_secs['prefix cache on']:.2f}x "
                              "episodes/min")
             for label, model, conc in [("transformers, batched", batched, 1), ("transformers, batched", batched, n),
-                                       ("transformers, unbatched", unbatched, n), ("llama.cpp", llama, 1),
+                                       ("transformers, unbatched", unbatched, n), ("no prefix cache", batched, 1),
+                                       ("no prefix cache", batched, n), ("llama.cpp", llama, 1),
                                        ("llama.cpp", llama, n)]:
+                if isinstance(model, LocalModel):  # batched and unbatched share the loaded weights and cache
+                    model._loaded.prefixes = None if label == "no prefix cache" else PrefixCache()
                 secs, steps, run_id = episodes(store, envs, plan, policy(model), conc, args.steps, label)
                 rows.append((label, conc, secs, steps, run_id))
                 print(f"{label:24s} concurrency {conc}: {n} episodes, {steps} steps in {secs:6.1f} s = "
                       f"{n / secs * 60:5.1f} episodes/min", flush=True)
             prompts = [c.messages for e in store.episodes(run_id=rows[0][4], with_steps=True)
                        for s in e.steps for c in s.calls]
+            unbatched._loaded.prefixes = PrefixCache()  # as llama.cpp keeps its last prompt's KV
             tps_hf, tok_hf = tokens_per_second(unbatched, prompts, args.max_tokens)
             tps_ll, tok_ll = tokens_per_second(llama, prompts, args.max_tokens)
     finally:
@@ -125,7 +133,10 @@ def main():
           f"tokens/s = {tps_ll / tps_hf:.2f}x (goal >= 4x; {tok_ll} vs {tok_hf} tokens)")
     print(f"   episodes/min at 1: {epm[('llama.cpp', 1)] / epm[('transformers, batched', 1)]:.2f}x, at {n}: "
           f"{epm[('llama.cpp', n)] / epm[('transformers, batched', n)]:.2f}x (llama.cpp vs batched transformers)")
-    print(f"4. a {pack_tokens}-token skill pack in the system prompt, {n} concurrent episodes: prefix cache on vs off "
+    print(f"4. prefix cache on vs off: {epm[('transformers, batched', 1)] / epm[('no prefix cache', 1)]:.2f}x episodes/min "
+          f"at 1, {epm[('transformers, batched', n)] / epm[('no prefix cache', n)]:.2f}x at {n}; batching {n} vs 1 "
+          f"without it: {epm[('no prefix cache', n)] / epm[('no prefix cache', 1)]:.2f}x")
+    print(f"   a {pack_tokens}-token skill pack in the system prompt, {n} concurrent episodes: prefix cache on vs off "
           f"{pack_secs['prefix cache off'] / pack_secs['prefix cache on']:.2f}x episodes/min")
 
 

@@ -21,9 +21,13 @@ CHATS = [[SYSTEM, {"role": "user", "content": f"You are in {room}. What do you d
 
 @pytest.fixture(scope="module")
 def models():
+    """Batched and unbatched, without the prefix cache: what is compared is batching alone (a prompt
+    prefilled in two parts sums in another order, so a near-tie token may flip; see the prefix tests)."""
     price = Price(10.0, 20.0)
-    return (LocalModel("local/smollm2-135m", price=price, batching=True),
-            LocalModel("local/smollm2-135m", price=price, batching=False))
+    batched = LocalModel("local/smollm2-135m", price=price, batching=True)
+    kept, batched._loaded.prefixes = batched._loaded.prefixes, None  # both share the loaded weights
+    yield batched, LocalModel("local/smollm2-135m", price=price, batching=False)
+    batched._loaded.prefixes = kept
 
 
 def _concurrently(model, chats, **kw):
@@ -70,44 +74,81 @@ def test_stop_strings_cut_each_request_in_a_batch(models):
         assert g.finish_reason == "stop" or stop not in full
 
 
-def test_a_long_system_prompt_is_prefilled_once_and_greedy_outputs_do_not_change():
+def test_prompts_reuse_earlier_prompts_kv_and_greedy_outputs_do_not_change():
+    """Automatic prefix caching: a batch's rows each prefill only what follows their longest prefix
+    shared with a kept prompt (a long system prompt across episodes; an episode's own last prompt on
+    its next turn), and get exactly the uncached outputs and token counts."""
     from agentdistill.models.prefix_cache import PrefixCache
 
     model = LocalModel("local/smollm2-135m", dtype="float32")  # fp32: the comparison is exact, not bf16-noisy
     rules = " ".join(f"Rule {i}: examine the room, then open what is closed before you take item {i}."
                      for i in range(40))
     system = {"role": "system", "content": f"{SYSTEM['content']} {rules}"}
-    chats = [[system, c[1]] for c in CHATS[:4]]
+
+    def episode(room: int, turns: int):  # the chat of one episode after `turns` actions
+        chat = [system, CHATS[room][1]]
+        for t in range(turns):
+            chat += [{"role": "assistant", "content": f"go east {t}"},
+                     {"role": "user", "content": f"Observation: room {t}; a box and a door."}]
+        return chat
+
+    turns = [[episode(room, t) for room in range(4)] for t in range(3)]
     loaded = model._loaded
     loaded.prefixes = None  # the reference: every call prefills its whole prompt
-    want = [model.complete(c, max_tokens=16)[0] for c in chats]
-    assert all(w.cached_prompt_tokens is None for w in want)
-    loaded.prefixes = cache = PrefixCache(min_tokens=512)
+    want = [[model.complete(c, max_tokens=16)[0] for c in chats] for chats in turns]
+    assert all(w.cached_prompt_tokens is None for ws in want for w in ws)
+    loaded.prefixes = cache = PrefixCache()
+    system_len = len(model.tokenizer.apply_chat_template([system], tokenize=True, return_dict=False))
     try:
-        first = model.complete(chats[0], max_tokens=16)[0]  # computes and keeps the system prompt's KV
+        first = model.complete(turns[0][0], max_tokens=16)[0]  # nothing kept yet
         sizes, original = [], model._generate
         model._generate = lambda reqs: sizes.append(len(reqs)) or original(reqs)
-        try:
-            got = _concurrently(model, [(c, 16) for c in chats])  # served from it, batched
+        try:  # each turn of the four episodes concurrently, as a run plays them
+            got = [[g for (g,) in _concurrently(model, [(c, 16) for c in chats])] for chats in turns]
         finally:
             model._generate = original
-        samples = model.complete(chats[1], n=3, temperature=1.0, max_tokens=16)  # n rows share the cached prefix
-        other = model.complete([SYSTEM, CHATS[0][1]], max_tokens=16)[0]  # below min_tokens: not cached
+        samples = model.complete([system, CHATS[4][1]], n=3, temperature=1.0, max_tokens=16)  # n rows, one prefix
     finally:
         loaded.prefixes = PrefixCache()
-    assert max(sizes) > 1, sizes  # some requests were answered together: padding between prefix and suffix
-    prefix_len = len(next(iter(cache._entries)))
-    assert prefix_len >= 512 and len(cache._entries) == 1
-    assert first.cached_prompt_tokens == 0 and first.text == want[0].text
-    for (g,), w in zip(got, want):
-        assert g.text == w.text and g.prompt_tokens == w.prompt_tokens and g.completion_tokens == w.completion_tokens
-        assert g.cached_prompt_tokens == prefix_len < g.prompt_tokens
-    assert other.cached_prompt_tokens == 0
+    assert max(sizes) > 1, sizes  # some requests were answered together: padding around each row's prefix
+    assert first.cached_prompt_tokens == 0 and first.text == want[0][0].text
+    for t in range(3):
+        for room, (g, w) in enumerate(zip(got[t], want[t])):
+            assert g.text == w.text and g.prompt_tokens == w.prompt_tokens and g.completion_tokens == w.completion_tokens
+            if t == 0:  # a new episode: the system prompt (and more, for the episode played before)
+                assert system_len <= g.cached_prompt_tokens < g.prompt_tokens
+            else:  # its own last prompt, ending on the assistant's turn, is a prefix of this one
+                assert g.cached_prompt_tokens == want[t - 1][room].prompt_tokens
+    # each episode's newest prompt replaced the ones it extends: one entry per episode
+    assert len(cache) == 5
     assert len(samples) == 3 and len({x.text for x in samples}) > 1
-    assert all(x.cached_prompt_tokens == prefix_len and x.prompt_tokens == want[1].prompt_tokens for x in samples)
+    assert len({x.cached_prompt_tokens for x in samples}) == 1 and samples[0].cached_prompt_tokens >= system_len
     # a trainer's live weights change every step: no prefix of theirs is ever kept
     live = LocalModel.from_model("student", model.model, model.tokenizer)
     assert live._loaded.prefixes is None
+
+
+def test_the_prefix_cache_keeps_to_its_memory_budget_least_recently_used_first():
+    import torch
+
+    from agentdistill.models.prefix_cache import PrefixCache
+
+    def kv(n):  # 2 layers, 1 head, 4 dims: 64 bytes a token
+        return [(torch.zeros(1, n, 4), torch.zeros(1, n, 4)) for _ in range(2)]
+
+    cache = PrefixCache(max_bytes=64 * 50, min_tokens=3)
+    cache.store([1, 2, 3, 4, 5], kv(5))
+    cache.store([1, 2, 9, 9], kv(4))
+    assert cache.match([1, 2, 3, 4, 5, 6])[1] == 5
+    assert cache.match([1, 2, 3, 4, 5])[1] == 4  # one token is always left to prefill
+    assert cache.match([1, 2, 7])[1] == 0  # 2 shared tokens: under min_tokens
+    cache.store([1, 2, 3, 4, 5, 6, 7], kv(7))  # extends the first: replaces it
+    assert len(cache) == 2 and cache._bytes == 64 * 11
+    cache.match([1, 2, 9, 9, 1])  # used: now the most recent
+    cache.store([8] * 40, kv(40))  # 51 tokens in all: the least recently used goes
+    assert [len(k) for k in cache._entries] == [4, 40] and cache._bytes == 64 * 44
+    cache.store([7] * 60, kv(60))  # larger than the whole budget: not kept, nothing evicted for it
+    assert len(cache) == 2
 
 
 def test_the_prefix_cache_is_used_only_where_padding_cannot_change_attention():
@@ -121,7 +162,7 @@ def test_the_prefix_cache_is_used_only_where_padding_cannot_change_attention():
     assert supports(NS(config=NS(sliding_window=4096, use_sliding_window=False), generation_config=NS(cache_implementation=None)))
     assert not supports(NS(config=NS(layer_types=["full_attention", "sliding_attention"]), generation_config=NS(cache_implementation=None)))
     assert not supports(NS(config=NS(), generation_config=NS(cache_implementation="static")))
-    assert LocalModel("local/smollm2-135m")._loaded.prefixes is not None  # Llama-style SmolLM2: full attention
+    assert supports(LocalModel("local/smollm2-135m").model)  # Llama-style SmolLM2: full attention
 
 
 def test_released_models_free_their_weights_and_end_their_batcher():

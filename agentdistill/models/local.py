@@ -22,7 +22,7 @@ from agentdistill.errors import ConfigError
 from agentdistill.models.base import ChatModel, Completion, Message, fill_samples
 from agentdistill.models.batching import Batcher, Request
 from agentdistill.models.cost import Price, resolve_price
-from agentdistill.models.prefix_cache import PrefixCache, shared_system_prefix
+from agentdistill.models.prefix_cache import PrefixCache
 from agentdistill.models.prefix_cache import supports as prefix_cache_supported
 from agentdistill.paths import cache_dir
 
@@ -224,23 +224,11 @@ class LocalModel(ChatModel):
         prompts = [tok.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=True, return_dict=False)
                    for r in requests]
         prompts = [p["input_ids"] if isinstance(p, dict) else list(p) for p in prompts]
-        prefixes = self._loaded.prefixes
-        prefix = shared_system_prefix(tok, requests, prompts) if prefixes is not None else None
-        start = len(prefix) if prefixes is not None and prefixes.usable(prefix) else 0
         first = requests[0]
         sample = first.temperature > 0
         copies = [r.n if sample else 1 for r in requests]  # greedy samples are identical: decode once
-        rows = [p for p, c in zip(prompts, copies) for _ in range(c)]
-        # [shared prefix | left padding | own suffix]: positions come from the mask, so the padding in
-        # the middle is skipped and every suffix continues right after the prefix
-        width = max(len(p) for p in rows)
-        pad = tok.pad_token_id
-        input_ids = torch.tensor([p[:start] + [pad] * (width - len(p)) + p[start:] for p in rows],
-                                 device=self.model.device)
-        mask = torch.tensor([[1] * start + [0] * (width - len(p)) + [1] * (len(p) - start) for p in rows],
-                            device=self.model.device)
         limit = max(r.max_tokens for r in requests)
-        gen_kwargs: dict[str, Any] = dict(max_new_tokens=limit, do_sample=sample, pad_token_id=pad)
+        gen_kwargs: dict[str, Any] = dict(max_new_tokens=limit, do_sample=sample, pad_token_id=tok.pad_token_id)
         if sample:
             gen_kwargs.update(temperature=first.temperature, top_p=self.top_p)
         else:
@@ -249,17 +237,24 @@ class LocalModel(ChatModel):
             gen_kwargs.update(stop_strings=list(first.stop), tokenizer=tok)
         autocast = torch.autocast(self.model.device.type, dtype=torch.bfloat16,
                                   enabled=getattr(self._loaded, "autocast", False))
-        cached = None if prefixes is None else 0  # prompt tokens served from the prefix cache
+        prefixes = self._loaded.prefixes
         with self._loaded.lock, torch.inference_mode(), autocast:
             t0 = time.perf_counter()  # inside the lock: latency is compute, not queueing
-            if start:
-                gen_kwargs["past_key_values"], hit = prefixes.get(self.model, prefix, len(rows))
-                cached = start if hit else 0
-            out = self.model.generate(input_ids=input_ids, attention_mask=mask, **gen_kwargs)
+            matches = [prefixes.match(p) if prefixes is not None else (None, 0) for p in prompts]
+            batch = _PaddedBatch(prompts, matches, copies, tok.pad_token_id, self.model)
+            if batch.cached_width:
+                gen_kwargs["past_key_values"] = batch.cache
+            out = self.model.generate(input_ids=batch.input_ids, attention_mask=batch.mask,
+                                      return_dict_in_generate=prefixes is not None, **gen_kwargs)
+            if prefixes is not None:
+                for i, prompt in enumerate(prompts):
+                    prefixes.store(prompt, batch.prompt_kv(out.past_key_values, i))
+                out = out.sequences
             latency = time.perf_counter() - t0
         results, row = [], 0
-        for r, prompt, c in zip(requests, prompts, copies):
-            completions = [self._completion(out[row + j, width:], r, len(prompt), latency, cached) for j in range(c)]
+        for r, prompt, c, (_, cached) in zip(requests, prompts, copies, matches):
+            completions = [self._completion(out[row + j, batch.width:], r, len(prompt), latency,
+                                            None if prefixes is None else cached) for j in range(c)]
             row += c
             results.append(fill_samples(completions, r.n, self.price))
         return results
@@ -276,3 +271,64 @@ class LocalModel(ChatModel):
             if s in text:
                 text, finish = text[: text.index(s)], "stop"
         return Completion(text, self.id, prompt_len, len(new), 0.0, latency, finish, cached)
+
+
+class _PaddedBatch:
+    """A batch's rows laid out as [padding | cached prefix | padding | rest of the prompt]: each row's
+    prefix ends at the same column, where the given cache ends, and its prompt at the last column, where
+    generation starts. Positions come from the mask, so a row's tokens stay contiguous in position."""
+
+    def __init__(self, prompts: list[list[int]], matches, copies: list[int], pad: int, model):
+        import torch
+
+        self.rows = [i for i, c in enumerate(copies) for _ in range(c)]  # row -> request
+        cached = [matches[i][1] for i in self.rows]
+        self.cached_width = max(cached)
+        rest = max(len(prompts[i]) - c for i, c in zip(self.rows, cached))
+        self.width = self.cached_width + rest
+        ids, mask = [], []
+        for i, c in zip(self.rows, cached):
+            p = prompts[i]
+            lead, gap = self.cached_width - c, rest - (len(p) - c)
+            ids.append([pad] * lead + p[:c] + [pad] * gap + p[c:])
+            mask.append([0] * lead + [1] * c + [0] * gap + [1] * (len(p) - c))
+        self.input_ids = torch.tensor(ids, device=model.device)
+        self.mask = torch.tensor(mask, device=model.device)
+        self._cached = cached
+        self._lengths = [len(p) for p in prompts]
+        self.cache = self._cache(matches, model) if self.cached_width else None
+
+    def _cache(self, matches, model):
+        """The rows' prefixes as one DynamicCache, each left-padded with zeros (masked out) to the same width."""
+        import torch
+        from transformers import DynamicCache
+
+        n_layers = next(len(layers) for layers, _ in matches if layers is not None)
+        data = []
+        for layer in range(n_layers):
+            keys, values = [], []
+            for i, c in zip(self.rows, self._cached):
+                layers = matches[i][0]
+                if layers is None:  # no prefix for this row: all padding
+                    like = next(m[0][layer][0] for m in matches if m[0] is not None)
+                    k = v = like.new_zeros((like.shape[0], self.cached_width, like.shape[2]))
+                else:
+                    k, v = layers[layer][0][:, :c], layers[layer][1][:, :c]
+                    if c < self.cached_width:
+                        lead = k.new_zeros((k.shape[0], self.cached_width - c, k.shape[2]))
+                        k, v = torch.cat([lead, k], 1), torch.cat([lead, v], 1)
+                keys.append(k)
+                values.append(v)
+            data.append((torch.stack(keys).to(model.device), torch.stack(values).to(model.device)))
+        return DynamicCache(ddp_cache_data=data, config=model.config)
+
+    def prompt_kv(self, cache, request: int):
+        """One request's whole prompt's KV, cut out of the batch's cache after generation."""
+        import torch
+
+        row = self.rows.index(request)
+        c, n = self._cached[row], self._lengths[request]
+        head = slice(self.cached_width - c, self.cached_width)
+        tail = slice(self.width - (n - c), self.width)
+        return [(torch.cat([layer.keys[row, :, head], layer.keys[row, :, tail]], 1),
+                 torch.cat([layer.values[row, :, head], layer.values[row, :, tail]], 1)) for layer in cache.layers]

@@ -1,9 +1,11 @@
-"""Reuse of a long system prompt's KV cache across calls of an in-process model.
+"""Reuse of earlier prompts' KV caches by an in-process model (automatic prefix caching).
 
-A student that carries a skill pack or long instructions sends the same ~3k-token system prompt at
-every step of every episode; on a CPU its prefill is most of the call (SmolLM2-135M: ~25 s a step on
-2 cores). Like vLLM's automatic prefix caching, the key/value tensors of that prefix are computed once
-and reused: a call only prefills its own suffix (goal, history, observation).
+An agent's prompts repeat themselves: every call of every episode starts with the same system prompt
+(instructions, a skill pack), and an episode's next prompt is its last one plus an action and an
+observation until the history window starts to slide. On a CPU, prefill is most of a call and is
+compute-bound, so batching cannot hide it. Like vLLM's automatic prefix caching, the key/value tensors
+of recent prompts are kept, and a new prompt prefills only what follows its longest common token prefix
+with any of them; the rows of a batch each reuse their own prefix.
 
 Only weights that do not change are cached (a trainer's live student is not: every optimizer step
 would make its entries stale).
@@ -11,46 +13,70 @@ would make its entries stale).
 
 from __future__ import annotations
 
-import copy
 from collections import OrderedDict
 from typing import Any
 
+Layers = list[tuple[Any, Any]]  # per layer: keys and values, [kv_heads, tokens, head_dim]
+
+
+def common_prefix(a: tuple[int, ...], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
 
 class PrefixCache:
-    """The KV caches of the last `max_entries` prefixes of at least `min_tokens` tokens (LRU)."""
+    """The KV tensors of recent prompts, least recently used dropped first beyond `max_bytes`.
 
-    def __init__(self, max_entries: int = 4, min_tokens: int = 512):
-        self.max_entries, self.min_tokens = max_entries, min_tokens
-        self._entries: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+    A prompt that extends a kept one replaces it (it covers every prefix the old one could serve), so
+    each running episode holds about one entry. A match shorter than `min_tokens` is not worth the
+    padding it adds to a batch and is ignored."""
 
-    def usable(self, prefix: list[int] | None) -> bool:
-        return prefix is not None and len(prefix) >= self.min_tokens
+    def __init__(self, max_bytes: int = 512 << 20, min_tokens: int = 16):
+        self.max_bytes, self.min_tokens = max_bytes, min_tokens
+        self._entries: OrderedDict[tuple[int, ...], Layers] = OrderedDict()
+        self._bytes = 0
 
-    def get(self, model, prefix: list[int], rows: int) -> tuple[Any, bool]:
-        """A fresh cache holding `prefix` for `rows` sequences (generate extends it in place, so the
-        stored entry is copied), and whether it was a hit. Call under the model's generation lock."""
-        import torch
+    def match(self, prompt: list[int]) -> tuple[Layers | None, int]:
+        """The kept entry sharing the longest token prefix with `prompt`, and how many tokens it serves
+        (at least one token of the prompt is always left to prefill: generation needs its last position)."""
+        best, length = None, 0
+        for key in self._entries:
+            n = min(common_prefix(key, prompt), len(prompt) - 1)
+            if n > length:
+                best, length = key, n
+        if best is None or length < self.min_tokens:
+            return None, 0
+        self._entries.move_to_end(best)
+        return self._entries[best], length
 
-        key = tuple(prefix)
-        hit = key in self._entries
-        if hit:
-            self._entries.move_to_end(key)
-        else:
-            with torch.inference_mode():  # logits of the last position only: not [L, vocab] for nothing
-                out = model(input_ids=torch.tensor([prefix], device=model.device), use_cache=True, logits_to_keep=1)
-            self._entries[key] = out.past_key_values
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
-        cache = copy.deepcopy(self._entries[key])
-        if rows > 1:
-            cache.batch_repeat_interleave(rows)
-        return cache, hit
+    def store(self, prompt: list[int], layers: Layers) -> None:
+        """Keep the KV of a whole prompt (tensors of their own, not views of a batch's cache)."""
+        key = tuple(prompt)
+        for old in [k for k in self._entries if len(k) <= len(key) and key[: len(k)] == k]:
+            self._forget(old)
+        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+        if size > self.max_bytes:
+            return
+        self._entries[key] = layers
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            self._forget(next(iter(self._entries)))
+
+    def _forget(self, key: tuple[int, ...]) -> None:
+        layers = self._entries.pop(key)
+        self._bytes -= sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def supports(model) -> bool:
-    """Whether a prefix's cache can be reused with padding between prefix and suffix: full attention in
-    every layer and the default dynamic cache. Sliding windows count padding as window slots, recurrent
-    layers carry state through it, and a configured static cache refuses a given one."""
+    """Whether a prefix's cache can be reused with padding around it: full attention in every layer and
+    the default dynamic cache. Sliding windows count padding as window slots, recurrent layers carry
+    state through it, and a configured static cache refuses a given one."""
     config = model.config
     if getattr(getattr(model, "generation_config", None), "cache_implementation", None):
         return False
@@ -58,19 +84,3 @@ def supports(model) -> bool:
     if types and any(t != "full_attention" for t in types):
         return False
     return not (getattr(config, "sliding_window", None) and getattr(config, "use_sliding_window", True))
-
-
-def shared_system_prefix(tokenizer, requests, prompts: list[list[int]]) -> list[int] | None:
-    """The tokens of the system message every request of a batch starts with, or None when they differ
-    (or the chat template does not render the system turn as a token prefix of the whole prompt)."""
-    first = requests[0].messages
-    if not first or first[0].get("role") != "system":
-        return None
-    if any(r.messages[:1] != first[:1] for r in requests[1:]):
-        return None
-    prefix = tokenizer.apply_chat_template(first[:1], tokenize=True, return_dict=False)
-    prefix = list(prefix["input_ids"] if isinstance(prefix, dict) else prefix)
-    # at least one token of every prompt is left to prefill (the generation needs its last position)
-    if all(len(p) > len(prefix) and p[: len(prefix)] == prefix for p in prompts):
-        return prefix
-    return None
