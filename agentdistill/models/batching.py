@@ -36,12 +36,20 @@ class Request:
 
 class Batcher:
     """One worker thread per model: takes every queued request when it becomes free (after waiting
-    `window` seconds for stragglers), runs compatible ones as one batch of at most `max_batch` rows."""
+    `window` seconds for stragglers), runs compatible ones as one batch of at most `max_batch` rows.
 
-    def __init__(self, generate: Callable[[list[Request]], list[Any]], max_batch: int = 16, window: float = 0.002):
+    Concurrent episodes come back to the model in waves: a batch's requesters each take an env step and
+    ask again a few milliseconds apart. Started on the first of them, the next batch would hold one
+    request while the others queue behind it for a whole generation, and the episodes would stay split
+    into out-of-phase groups. So after a batch, the worker waits up to `patience` seconds for as many
+    requests as the batch answered plus those that queued meanwhile (never longer: an episode that
+    ended does not come back); a lone episode is never kept waiting for others."""
+
+    def __init__(self, generate: Callable[[list[Request]], list[Any]], max_batch: int = 16, window: float = 0.002,
+                 patience: float = 0.05):
         """`generate(batch)` answers a list of compatible requests, one result per request, in order."""
-        self.generate, self.max_batch, self.window = generate, max_batch, window
-        self._queue: queue.Queue[Request] = queue.Queue()
+        self.generate, self.max_batch, self.window, self.patience = generate, max_batch, window, patience
+        self._queue: queue.Queue[Request | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="agentdistill-batcher", daemon=True)
         self._thread.start()
 
@@ -54,12 +62,10 @@ class Batcher:
         self._queue.put(None)
 
     def _work(self) -> None:
-        pending: list[Request] = []
-        closing = False
+        pending: list[Request | None] = []
+        expected, regroup_until = 0, 0.0  # requests likely on their way back, and until when to wait for them
         while True:
             if not pending:
-                if closing:
-                    return
                 pending.append(self._queue.get())
                 time.sleep(self.window)
             while True:
@@ -67,16 +73,23 @@ class Batcher:
                     pending.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            while None not in pending and len(pending) < expected:
+                left = regroup_until - time.monotonic()
+                if left <= 0:
+                    break
+                try:
+                    pending.append(self._queue.get(timeout=left))
+                except queue.Empty:
+                    break
             if None in pending:
-                closing = True
-                pending = [r for r in pending if r is not None]
-                if not pending:
+                pending = [r for r in pending if r is not None] + [None]  # answer what came first, then end
+                if len(pending) == 1:
                     return
             group = pending[0].group
             batch, rows, rest = [], 0, []
             for r in pending:
-                rows_r = r.n if r.temperature > 0 else 1
-                if r.group == group and (not batch or rows + rows_r <= self.max_batch):
+                rows_r = 0 if r is None else r.n if r.temperature > 0 else 1
+                if r is not None and r.group == group and (not batch or rows + rows_r <= self.max_batch):
                     batch.append(r)
                     rows += rows_r
                 else:
@@ -87,6 +100,9 @@ class Batcher:
             except BaseException as e:  # every waiting caller gets the error, the worker lives on
                 for r in batch:
                     r.future.set_exception(e)
-                continue
-            for r, res in zip(batch, results):
-                r.future.set_result(res)
+                results = None
+            if results is not None:
+                for r, res in zip(batch, results):
+                    r.future.set_result(res)
+            expected = min(len(batch) + len(pending) + self._queue.qsize(), self.max_batch)
+            regroup_until = time.monotonic() + self.patience
