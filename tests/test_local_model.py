@@ -123,9 +123,74 @@ def test_prompts_reuse_earlier_prompts_kv_and_greedy_outputs_do_not_change():
     assert len(cache) == 5
     assert len(samples) == 3 and len({x.text for x in samples}) > 1
     assert len({x.cached_prompt_tokens for x in samples}) == 1 and samples[0].cached_prompt_tokens >= system_len
-    # a trainer's live weights change every step: no prefix of theirs is ever kept
-    live = LocalModel.from_model("student", model.model, model.tokenizer)
-    assert live._loaded.prefixes is None
+    # a trainer's live weights change every step: no prefix of theirs is kept unless they say when they change
+    assert LocalModel.from_model("student", model.model, model.tokenizer)._loaded.prefixes is None
+    updates = [0]
+    live = LocalModel.from_model("student", model.model, model.tokenizer, weights_version=lambda: updates[0])
+    chat = episode(2, 1)
+    assert live.complete(chat[:2], max_tokens=4)[0].cached_prompt_tokens == 0
+    assert live.complete(chat, max_tokens=4)[0].cached_prompt_tokens == want[0][2].prompt_tokens
+    updates[0] += 1  # an optimizer step: every kept prompt is stale
+    again = live.complete(chat, max_tokens=4)[0]
+    assert again.cached_prompt_tokens == 0 and len(live._loaded.prefixes) == 1
+
+
+def _clients(batcher, delays: list[float], rounds: list[int]) -> list[int]:
+    """Episodes asking a batcher again and again, each taking its own env-step delay between answers;
+    returns the size of every batch the batcher ran."""
+    import threading
+    import time
+
+    from agentdistill.models.batching import Request
+
+    def client(i):
+        for _ in range(rounds[i]):
+            batcher.submit(Request([{"role": "user", "content": str(i)}], 1, 0.0, 4, ()))
+            time.sleep(delays[i])
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(len(delays))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return batcher.sizes
+
+
+def _batcher(patience: float):
+    import time
+
+    from agentdistill.models.batching import Batcher
+
+    def generate(batch):  # a generation takes 60 ms whatever the batch
+        time.sleep(0.06)
+        return [r.messages[0]["content"] for r in batch]
+
+    batcher = Batcher(lambda batch: batcher.sizes.append(len(batch)) or generate(batch), patience=patience)
+    batcher.sizes = []
+    return batcher
+
+
+def test_episodes_coming_back_a_few_ms_apart_are_regrouped_into_one_batch():
+    import time
+
+    delays = [0.0, 0.005, 0.01, 0.015]  # each episode's env step between two model calls
+    split = _clients(_batcher(patience=0.0), delays, [6] * 4)  # what the batcher did before regrouping
+    batcher = _batcher(patience=0.05)
+    regrouped = _clients(batcher, delays, [6] * 4)
+    # every round in one batch (the very first may be split: the threads start one by one)
+    assert sum(regrouped) == 24 and regrouped.count(4) >= 5, regrouped
+    assert sum(split) == 24 and len(split) > len(regrouped) + 2, split  # without: a batch leaves with the first back
+    # one episode ends after two calls: the others are not kept waiting for it beyond the patience
+    t0 = time.perf_counter()
+    fewer = _clients(_batcher(patience=0.05), delays, [2, 6, 6, 6])
+    assert sum(fewer) == 20 and fewer.count(3) >= 3 and time.perf_counter() - t0 < 3.0, fewer
+    # a lone episode is never made to wait for others
+    lone = _batcher(patience=1.0)
+    t0 = time.perf_counter()
+    _clients(lone, [0.01], [5])
+    assert lone.sizes == [1] * 5 and time.perf_counter() - t0 < 1.0
+    for b in (batcher, lone):
+        b.close()
 
 
 def test_the_prefix_cache_keeps_to_its_memory_budget_least_recently_used_first():

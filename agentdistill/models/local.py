@@ -14,6 +14,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 from filelock import FileLock
@@ -184,8 +185,12 @@ class LocalModel(ChatModel):
         self._loaded = _Loaded.get(self.path, dtype)
 
     @classmethod
-    def from_model(cls, model_id: str, model, tokenizer, price: Price | None = None) -> LocalModel:
-        """Wrap weights already in memory (a trainer's student), so rollouts use them as they train."""
+    def from_model(cls, model_id: str, model, tokenizer, price: Price | None = None,
+                   weights_version: Callable[[], Any] | None = None) -> LocalModel:
+        """Wrap weights already in memory (a trainer's student), so rollouts use them as they train.
+        Prompts' KV caches are kept only given `weights_version`, a value that changes whenever the weights
+        do (e.g. the count of optimizer steps): the cache is emptied when it changes. (Tensor version
+        counters would not do: a fused optimizer updates weights without bumping them.)"""
         import torch
 
         self = cls.__new__(cls)
@@ -194,7 +199,8 @@ class LocalModel(ChatModel):
         self.price = resolve_price(model_id, price)
         loaded = _Loaded.__new__(_Loaded)
         loaded.model, loaded.tokenizer, loaded.lock = model, tokenizer, threading.Lock()
-        loaded.prefixes = None  # the weights change under training: a cached prefix would go stale
+        loaded.prefixes = PrefixCache() if weights_version and prefix_cache_supported(model) else None
+        loaded.weights_version = weights_version
         # a trainer's fp32 master weights: generate under bf16 autocast where that is native (2x faster)
         device = next(model.parameters()).device.type
         loaded.autocast = next(model.parameters()).dtype == torch.float32 and native_bf16(device)
@@ -240,6 +246,8 @@ class LocalModel(ChatModel):
         prefixes = self._loaded.prefixes
         with self._loaded.lock, torch.inference_mode(), autocast:
             t0 = time.perf_counter()  # inside the lock: latency is compute, not queueing
+            if prefixes is not None and getattr(self._loaded, "weights_version", None):
+                prefixes.keep_only(self._loaded.weights_version())  # weights trained since: stale entries go
             matches = [prefixes.match(p) if prefixes is not None else (None, 0) for p in prompts]
             batch = _PaddedBatch(prompts, matches, copies, tok.pad_token_id, self.model)
             if batch.cached_width:

@@ -7,8 +7,8 @@ compute-bound, so batching cannot hide it. Like vLLM's automatic prefix caching,
 of recent prompts are kept, and a new prompt prefills only what follows its longest common token prefix
 with any of them; the rows of a batch each reuse their own prefix.
 
-Only weights that do not change are cached (a trainer's live student is not: every optimizer step
-would make its entries stale).
+Entries are only valid for the weights that computed them: a trainer's live student keeps them only
+while a version it is given (its count of optimizer steps) stays the same.
 """
 
 from __future__ import annotations
@@ -38,6 +38,13 @@ class PrefixCache:
         self.max_bytes, self.min_tokens = max_bytes, min_tokens
         self._entries: OrderedDict[tuple[int, ...], Layers] = OrderedDict()
         self._bytes = 0
+        self._version: Any = None
+
+    def keep_only(self, version: Any) -> None:
+        """Forget every entry unless the weights' version is the one the entries were computed with."""
+        if version != self._version:
+            self._entries.clear()
+            self._bytes, self._version = 0, version
 
     def match(self, prompt: list[int]) -> tuple[Layers | None, int]:
         """The kept entry sharing the longest token prefix with `prompt`, and how many tokens it serves

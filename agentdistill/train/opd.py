@@ -215,8 +215,9 @@ class OPDTrainer:
             tasks = first_variations(env, spec.split, spec.tasks, spec.variations)
             tasks = self._teacher_contexts(tasks)
             self.student_id = f"{spec.student}@{spec.method_name}:{run_id}"
-            policy = LLMPolicy(LocalModel.from_model(self.student_id, self.model, self.tok), spec.temperature,
-                               spec.max_tokens, 1, spec.history)
+            self.updates = 0  # optimizer steps so far: the rollout model's prefix cache lives between two
+            student = LocalModel.from_model(self.student_id, self.model, self.tok, weights_version=lambda: self.updates)
+            policy = LLMPolicy(student, spec.temperature, spec.max_tokens, 1, spec.history)
             params = [p for p in self.model.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(params, lr=spec.learning_rate)
             order = tasks[:]
@@ -398,6 +399,7 @@ class OPDTrainer:
                         per_turn[(s.episode_id, step_idx)].append(v)
             torch.nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
             optimizer.step()
+            self.updates += 1
             losses.append(total)
         t_update = time.perf_counter() - t1
         notes: dict[int, dict[int, dict]] = defaultdict(dict)
