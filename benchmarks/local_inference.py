@@ -2,7 +2,8 @@
 24 tokens an action, 2 turns of history), measured in one run.
 
 1. transformers with dynamic batching: 8 concurrent episodes vs 1, episodes per minute (goal >= 3x);
-2. at 8 concurrent episodes: batching on vs off;
+2. at 8 concurrent episodes: batching on vs off; the batcher regrouping the episodes after each batch
+   (waiting up to 50 ms for the last batch's requesters) vs starting a batch with the first one back;
 3. llama.cpp (`llamacpp/smollm2-135m`, the GGUF as shipped) vs transformers (`local/smollm2-135m`):
    generated tokens per second on the same stored prompts, one request at a time (goal >= 4x), and
    episodes per minute at 1 and 8 concurrent episodes;
@@ -106,11 +107,14 @@ def main():
                              f"prefix cache on vs off {pack_secs['prefix cache off'] / pack_secs['prefix cache on']:.2f}x "
                              "episodes/min")
             for label, model, conc in [("transformers, batched", batched, 1), ("transformers, batched", batched, n),
-                                       ("transformers, unbatched", unbatched, n), ("no prefix cache", batched, 1),
+                                       ("transformers, unbatched", unbatched, n), ("no regrouping", batched, n),
+                                       ("no prefix cache", batched, 1),
                                        ("no prefix cache", batched, n), ("llama.cpp", llama, 1),
                                        ("llama.cpp", llama, n)]:
                 if isinstance(model, LocalModel):  # batched and unbatched share the loaded weights and cache
                     model._loaded.prefixes = None if label == "no prefix cache" else PrefixCache()
+                    # a batch leaves with the first requests back, not waiting for the last batch's others
+                    batched._loaded.batcher(batched.max_batch).patience = 0.0 if label == "no regrouping" else 0.05
                 secs, steps, run_id = episodes(store, envs, plan, policy(model), conc, args.steps, label)
                 rows.append((label, conc, secs, steps, run_id))
                 print(f"{label:24s} concurrency {conc}: {n} episodes, {steps} steps in {secs:6.1f} s = "
@@ -128,7 +132,8 @@ def main():
     print(f"1. batching, {n} concurrent vs 1:  {epm[('transformers, batched', n)] / epm[('transformers, batched', 1)]:.2f}x "
           f"episodes/min (goal >= 3x)")
     print(f"2. at {n} concurrent, batched vs unbatched: "
-          f"{epm[('transformers, batched', n)] / epm[('transformers, unbatched', n)]:.2f}x")
+          f"{epm[('transformers, batched', n)] / epm[('transformers, unbatched', n)]:.2f}x; batches regrouped after "
+          f"each one vs not: {epm[('transformers, batched', n)] / epm[('no regrouping', n)]:.2f}x")
     print(f"3. llama.cpp vs transformers, same {len(prompts)} prompts one at a time: {tps_ll:.0f} vs {tps_hf:.0f} "
           f"tokens/s = {tps_ll / tps_hf:.2f}x (goal >= 4x; {tok_ll} vs {tok_hf} tokens)")
     print(f"   episodes/min at 1: {epm[('llama.cpp', 1)] / epm[('transformers, batched', 1)]:.2f}x, at {n}: "
