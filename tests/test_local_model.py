@@ -133,6 +133,10 @@ def test_prompts_reuse_earlier_prompts_kv_and_greedy_outputs_do_not_change():
     updates[0] += 1  # an optimizer step: every kept prompt is stale
     again = live.complete(chat, max_tokens=4)[0]
     assert again.cached_prompt_tokens == 0 and len(live._loaded.prefixes) == 1
+    batcher = live._loaded._batcher
+    live.release()  # what a trainer does after its rollouts: kept prompts and the batcher's thread go
+    batcher._thread.join(5)
+    assert len(live._loaded.prefixes) == 0 and not batcher._thread.is_alive()
 
 
 def _clients(batcher, delays: list[float], rounds: list[int]) -> list[int]:
@@ -174,23 +178,26 @@ def test_episodes_coming_back_a_few_ms_apart_are_regrouped_into_one_batch():
     import time
 
     delays = [0.0, 0.005, 0.01, 0.015]  # each episode's env step between two model calls
-    split = _clients(_batcher(patience=0.0), delays, [6] * 4)  # what the batcher did before regrouping
-    batcher = _batcher(patience=0.05)
-    regrouped = _clients(batcher, delays, [6] * 4)
+    batchers = [_batcher(patience=0.0), _batcher(patience=0.05), _batcher(patience=0.05), _batcher(patience=1.0)]
+    split = _clients(batchers[0], delays, [6] * 4)  # what the batcher did before regrouping
+    regrouped = _clients(batchers[1], delays, [6] * 4)
     # every round in one batch (the very first may be split: the threads start one by one)
     assert sum(regrouped) == 24 and regrouped.count(4) >= 5, regrouped
     assert sum(split) == 24 and len(split) > len(regrouped) + 2, split  # without: a batch leaves with the first back
     # one episode ends after two calls: the others are not kept waiting for it beyond the patience
     t0 = time.perf_counter()
-    fewer = _clients(_batcher(patience=0.05), delays, [2, 6, 6, 6])
+    fewer = _clients(batchers[2], delays, [2, 6, 6, 6])
     assert sum(fewer) == 20 and fewer.count(3) >= 3 and time.perf_counter() - t0 < 3.0, fewer
     # a lone episode is never made to wait for others
-    lone = _batcher(patience=1.0)
     t0 = time.perf_counter()
-    _clients(lone, [0.01], [5])
-    assert lone.sizes == [1] * 5 and time.perf_counter() - t0 < 1.0
-    for b in (batcher, lone):
+    lone = _clients(batchers[3], [0.01], [5])
+    assert lone == [1] * 5 and time.perf_counter() - t0 < 1.0
+    for b in batchers:
         b.close()
+    from agentdistill.models.batching import BatcherClosed, Request
+
+    with pytest.raises(BatcherClosed):  # refused at once, never queued where no worker would answer it
+        batchers[0].submit(Request([{"role": "user", "content": "late"}], 1, 0.0, 4, ()))
 
 
 def test_the_prefix_cache_keeps_to_its_memory_budget_least_recently_used_first():
@@ -212,8 +219,8 @@ def test_the_prefix_cache_keeps_to_its_memory_budget_least_recently_used_first()
     cache.match([1, 2, 9, 9, 1])  # used: now the most recent
     cache.store([8] * 40, kv(40))  # 51 tokens in all: the least recently used goes
     assert [len(k) for k in cache._entries] == [4, 40] and cache._bytes == 64 * 44
-    cache.store([7] * 60, kv(60))  # larger than the whole budget: not kept, nothing evicted for it
-    assert len(cache) == 2
+    cache.store([1, 2, 9, 9] + [7] * 56, kv(60))  # larger than the whole budget: not kept, and the prompt
+    assert [len(k) for k in cache._entries] == [4, 40]  # it extends is kept on (a later one may still use it)
 
 
 def test_the_prefix_cache_is_used_only_where_padding_cannot_change_attention():

@@ -34,6 +34,10 @@ class Request:
         return (id(self.owner), self.temperature > 0, self.temperature, self.stop)
 
 
+class BatcherClosed(RuntimeError):
+    """The batcher was closed (its model released) before this request was queued: ask the model again."""
+
+
 class Batcher:
     """One worker thread per model: takes every queued request when it becomes free (after waiting
     `window` seconds for stragglers), runs compatible ones as one batch of at most `max_batch` rows.
@@ -50,16 +54,22 @@ class Batcher:
         """`generate(batch)` answers a list of compatible requests, one result per request, in order."""
         self.generate, self.max_batch, self.window, self.patience = generate, max_batch, window, patience
         self._queue: queue.Queue[Request | None] = queue.Queue()
+        self._closed, self._closing = False, threading.Lock()
         self._thread = threading.Thread(target=self._work, name="agentdistill-batcher", daemon=True)
         self._thread.start()
 
     def submit(self, request: Request) -> Any:
-        self._queue.put(request)
+        with self._closing:  # never queued behind the end marker, where no worker would answer it
+            if self._closed:
+                raise BatcherClosed
+            self._queue.put(request)
         return request.future.result()
 
     def close(self) -> None:
-        """The worker ends once the requests queued before this are answered."""
-        self._queue.put(None)
+        """The worker ends once the requests queued before this are answered; later ones are refused."""
+        with self._closing:
+            self._closed = True
+            self._queue.put(None)
 
     def _work(self) -> None:
         pending: list[Request | None] = []

@@ -21,7 +21,7 @@ from filelock import FileLock
 
 from agentdistill.errors import ConfigError
 from agentdistill.models.base import ChatModel, Completion, Message, fill_samples
-from agentdistill.models.batching import Batcher, Request
+from agentdistill.models.batching import Batcher, BatcherClosed, Request
 from agentdistill.models.cost import Price, resolve_price
 from agentdistill.models.prefix_cache import PrefixCache
 from agentdistill.models.prefix_cache import supports as prefix_cache_supported
@@ -207,6 +207,17 @@ class LocalModel(ChatModel):
         self._loaded = loaded
         return self
 
+    def release(self) -> None:
+        """End a trainer's wrapped model: its batcher's thread and its kept prompts go (it is not in the
+        shared cache of loaded checkpoints that `release_all` clears)."""
+        loaded = self._loaded
+        with loaded.lock:
+            if loaded.prefixes is not None:
+                loaded.prefixes.keep_only(object())  # a version nothing matches: every entry goes
+        batcher, loaded._batcher = getattr(loaded, "_batcher", None), None
+        if batcher is not None:
+            batcher.close()
+
     @property
     def tokenizer(self):
         return self._loaded.tokenizer
@@ -219,7 +230,10 @@ class LocalModel(ChatModel):
         request = Request(messages, n, temperature, max_tokens, tuple(stop or ()), owner=self)
         if not self.batching:
             return self._generate([request])[0]
-        return self._loaded.batcher(self.max_batch).submit(request)
+        try:
+            return self._loaded.batcher(self.max_batch).submit(request)
+        except BatcherClosed:  # released between the two: the next batcher() starts a new one
+            return self._loaded.batcher(self.max_batch).submit(request)
 
     def _generate(self, requests: list[Request]) -> list[list[Completion]]:
         """One generate call for requests sharing sampling settings and stop strings: prompts are
@@ -252,8 +266,9 @@ class LocalModel(ChatModel):
             batch = _PaddedBatch(prompts, matches, copies, tok.pad_token_id, self.model)
             if batch.cached_width:
                 gen_kwargs["past_key_values"] = batch.cache
-            out = self.model.generate(input_ids=batch.input_ids, attention_mask=batch.mask,
-                                      return_dict_in_generate=prefixes is not None, **gen_kwargs)
+            if prefixes is not None:  # the cache generate returns is where each prompt's KV is taken from
+                gen_kwargs.update(use_cache=True, return_dict_in_generate=True)
+            out = self.model.generate(input_ids=batch.input_ids, attention_mask=batch.mask, **gen_kwargs)
             if prefixes is not None:
                 for i, prompt in enumerate(prompts):
                     prefixes.store(prompt, batch.prompt_kv(out.past_key_values, i))
@@ -317,9 +332,10 @@ class _PaddedBatch:
             keys, values = [], []
             for i, c in zip(self.rows, self._cached):
                 layers = matches[i][0]
-                if layers is None:  # no prefix for this row: all padding
-                    like = next(m[0][layer][0] for m in matches if m[0] is not None)
-                    k = v = like.new_zeros((like.shape[0], self.cached_width, like.shape[2]))
+                if layers is None:  # no prefix for this row: all padding (keys and values may differ in dtype)
+                    like_k, like_v = next(m[0][layer] for m in matches if m[0] is not None)
+                    k = like_k.new_zeros((like_k.shape[0], self.cached_width, like_k.shape[2]))
+                    v = like_v.new_zeros((like_v.shape[0], self.cached_width, like_v.shape[2]))
                 else:
                     k, v = layers[layer][0][:, :c], layers[layer][1][:, :c]
                     if c < self.cached_width:

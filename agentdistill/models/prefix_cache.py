@@ -62,11 +62,11 @@ class PrefixCache:
     def store(self, prompt: list[int], layers: Layers) -> None:
         """Keep the KV of a whole prompt (tensors of their own, not views of a batch's cache)."""
         key = tuple(prompt)
+        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+        if size > self.max_bytes:  # never kept: the shorter prompts it extends stay useful
+            return
         for old in [k for k in self._entries if len(k) <= len(key) and key[: len(k)] == k]:
             self._forget(old)
-        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
-        if size > self.max_bytes:
-            return
         self._entries[key] = layers
         self._bytes += size
         while self._bytes > self.max_bytes:

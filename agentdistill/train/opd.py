@@ -216,8 +216,9 @@ class OPDTrainer:
             tasks = self._teacher_contexts(tasks)
             self.student_id = f"{spec.student}@{spec.method_name}:{run_id}"
             self.updates = 0  # optimizer steps so far: the rollout model's prefix cache lives between two
-            student = LocalModel.from_model(self.student_id, self.model, self.tok, weights_version=lambda: self.updates)
-            policy = LLMPolicy(student, spec.temperature, spec.max_tokens, 1, spec.history)
+            self.student = LocalModel.from_model(self.student_id, self.model, self.tok,
+                                                 weights_version=lambda: self.updates)
+            policy = LLMPolicy(self.student, spec.temperature, spec.max_tokens, 1, spec.history)
             params = [p for p in self.model.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(params, lr=spec.learning_rate)
             order = tasks[:]
@@ -241,6 +242,8 @@ class OPDTrainer:
             raise
         finally:
             pool.close()
+            if getattr(self, "student", None) is not None:
+                self.student.release()
 
     def _vllm_policy(self, n: int, out: Path) -> LLMPolicy:
         """This iteration's student on vLLM: the current adapter saved beside the output and served on
@@ -347,6 +350,7 @@ class OPDTrainer:
         t0 = time.perf_counter()
         episodes, k = self._rollout(n, batch, policy, pool, run_id)
         t_roll = time.perf_counter() - t0
+        self.student.release()  # the rollouts' kept prompts: stale after this iteration's updates, and memory
         samples = self._samples(episodes)
         student_turns = [sum(1 for st in ep.steps if st.answered_by == self.student_id) for ep in episodes]
         stats: dict[str, Any] = {
