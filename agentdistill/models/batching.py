@@ -72,10 +72,13 @@ class Batcher:
             self._queue.put(None)
 
     def _work(self) -> None:
-        pending: list[Request | None] = []
+        pending: list[Request] = []
+        closing = False
         expected, regroup_until = 0, 0.0  # requests likely on their way back, and until when to wait for them
         while True:
             if not pending:
+                if closing:
+                    return
                 pending.append(self._queue.get())
                 time.sleep(self.window)
             while True:
@@ -91,15 +94,16 @@ class Batcher:
                     pending.append(self._queue.get(timeout=left))
                 except queue.Empty:
                     break
-            if None in pending:
-                pending = [r for r in pending if r is not None] + [None]  # answer what came first, then end
-                if len(pending) == 1:
+            if None in pending:  # answer what came before the end marker, then end
+                closing = True
+                pending = [r for r in pending if r is not None]
+                if not pending:
                     return
             group = pending[0].group
             batch, rows, rest = [], 0, []
             for r in pending:
-                rows_r = 0 if r is None else r.n if r.temperature > 0 else 1
-                if r is not None and r.group == group and (not batch or rows + rows_r <= self.max_batch):
+                rows_r = r.n if r.temperature > 0 else 1
+                if r.group == group and (not batch or rows + rows_r <= self.max_batch):
                     batch.append(r)
                     rows += rows_r
                 else:
@@ -110,8 +114,7 @@ class Batcher:
             except BaseException as e:  # every waiting caller gets the error, the worker lives on
                 for r in batch:
                     r.future.set_exception(e)
-                results = None
-            if results is not None:
+            else:
                 for r, res in zip(batch, results):
                     r.future.set_result(res)
             expected = min(len(batch) + len(pending) + self._queue.qsize(), self.max_batch)

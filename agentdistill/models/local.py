@@ -13,8 +13,8 @@ import importlib.util
 import shutil
 import threading
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
@@ -159,9 +159,14 @@ class _Loaded:
         with cls._cache_lock:
             loaded, cls._cache = list(cls._cache.values()), {}
             for entry in loaded:
-                batcher, entry._batcher = getattr(entry, "_batcher", None), None
-                if batcher is not None:
-                    batcher.close()
+                entry.end_batcher()
+
+    def end_batcher(self) -> None:
+        """End the batcher's thread once it has answered what it holds (call under `_cache_lock`); a model
+        still in use starts a new one on its next request."""
+        batcher, self._batcher = getattr(self, "_batcher", None), None
+        if batcher is not None:
+            batcher.close()
 
     @classmethod
     def get(cls, path: Path, dtype: str) -> _Loaded:
@@ -214,9 +219,8 @@ class LocalModel(ChatModel):
         with loaded.lock:
             if loaded.prefixes is not None:
                 loaded.prefixes.keep_only(object())  # a version nothing matches: every entry goes
-        batcher, loaded._batcher = getattr(loaded, "_batcher", None), None
-        if batcher is not None:
-            batcher.close()
+        with _Loaded._cache_lock:
+            loaded.end_batcher()
 
     @property
     def tokenizer(self):

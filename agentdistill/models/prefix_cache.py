@@ -19,6 +19,10 @@ from typing import Any
 Layers = list[tuple[Any, Any]]  # per layer: keys and values, [kv_heads, tokens, head_dim]
 
 
+def _nbytes(layers: Layers) -> int:
+    return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+
+
 def common_prefix(a: tuple[int, ...], b: list[int]) -> int:
     n = min(len(a), len(b))
     i = 0
@@ -62,7 +66,7 @@ class PrefixCache:
     def store(self, prompt: list[int], layers: Layers) -> None:
         """Keep the KV of a whole prompt (tensors of their own, not views of a batch's cache)."""
         key = tuple(prompt)
-        size = sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+        size = _nbytes(layers)
         if size > self.max_bytes:  # never kept: the shorter prompts it extends stay useful
             return
         for old in [k for k in self._entries if len(k) <= len(key) and key[: len(k)] == k]:
@@ -73,8 +77,7 @@ class PrefixCache:
             self._forget(next(iter(self._entries)))
 
     def _forget(self, key: tuple[int, ...]) -> None:
-        layers = self._entries.pop(key)
-        self._bytes -= sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers)
+        self._bytes -= _nbytes(self._entries.pop(key))
 
     def __len__(self) -> int:
         return len(self._entries)
