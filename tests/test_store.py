@@ -166,6 +166,38 @@ def test_writers_creating_the_same_task_at_once_get_one_row(db_url):
         assert not errors and len(set(ids)) == 1 and len(ids) == 6, errors
 
 
+def test_steps_written_from_many_threads_at_once_are_each_stored_once(db_url):
+    """Concurrent episodes write their steps from several threads, sharing the store's write pool (on
+    PostgreSQL the step goes straight to the driver on a pooled connection, handed back after each write)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    store = Store.open(db_url)
+    run_id = store.create_run("t", {})
+    tid = store.task_id("textworld", "g", 0, "test")
+    episodes = [store.start_episode(run_id, i, tid, role="student", policy_id="p") for i in range(40)]
+
+    def play(ep: int) -> list[int]:
+        call = {"model": "local/s", "messages": [{"role": "user", "content": f"ep {ep}"}], "outputs": ["look"]}
+        ids = [store.add_step(ep, StepRecord(i, f"o{i}", f"look {ep}", calls=[call] * (i % 3))) for i in range(15)]
+        store.finish_episode(ep, success=True)
+        return ids
+
+    with ThreadPoolExecutor(16) as pool:
+        ids = [i for batch in pool.map(play, episodes) for i in batch]
+    assert len(set(ids)) == len(ids) == 15 * len(episodes)
+    got = store.episodes(run_id=run_id, with_steps=True)
+    assert all(e.n_steps == 15 and {s.action for s in e.steps} == {f"look {e.id}"} for e in got)
+    assert [len(s.calls) for s in got[0].steps] == [i % 3 for i in range(15)]
+    assert store.stats()["model_calls"] == len(episodes) * sum(i % 3 for i in range(15))
+    assert store._writes.pool.checkedout() == 0  # every connection handed back
+    with pytest.raises(AgentDistillError, match="no column bogus"):  # not dropped silently
+        store.start_episode(run_id, 99, tid, role="student", policy_id="p", bogus=1)
+    with pytest.raises(AgentDistillError, match="no column bogus"):
+        store.finish_episode(episodes[0], bogus=1)
+    assert len(store.episodes(run_id=run_id)) == len(episodes)
+    store.close()
+
+
 def test_a_step_with_mixed_calls_round_trips_and_writes_survive_a_dropped_connection(db_url):
     """A cascade's step carries a student call and a teacher call with different fields; on PostgreSQL the step
     and its calls are one statement on connections the server may drop (restart, idle timeout): the write is
@@ -185,9 +217,20 @@ def test_a_step_with_mixed_calls_round_trips_and_writes_survive_a_dropped_connec
         assert killed >= 1  # the step writer's pooled connection was among them
     bare = {"model": "openai/t", "messages": [{"role": "user", "content": "hi"}], "outputs": ["take key"]}
     store.add_step(ep, StepRecord(1, "o1", "take key", done=True, calls=[bare]))  # no counts at all: defaults
+    if db_url.startswith("postgresql"):  # again, before an episode's finish and another's start
+        with store.engine.begin() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                              "datname = current_database() AND pid <> pg_backend_pid()"))
     store.finish_episode(ep, success=True, score=1.0)
-    (got,) = store.episodes(run_id=run_id, with_steps=True)
-    assert (got.n_steps, got.prompt_tokens, got.success) == (2, 0, True)
+    if db_url.startswith("postgresql"):
+        with store.engine.begin() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                              "datname = current_database() AND pid <> pg_backend_pid()"))
+    other = store.start_episode(run_id, 1, store.task_id("textworld", "g", 0, "test"), role="student", policy_id="x")
+    store.finish_episode(other, status="error", error="gave up")
+    got, second = store.episodes(run_id=run_id, with_steps=True)
+    assert (got.n_steps, got.prompt_tokens, got.success, got.status) == (2, 0, True, "done")
+    assert (second.id, second.status, second.error, second.n_steps) == (other, "error", "gave up", 0)
     assert [[c.model for c in s.calls] for s in got.steps] == [["local/s", "openai/t"], ["openai/t"]]
     last = got.steps[1].calls[0]
     assert (last.prompt_tokens, last.completion_tokens, last.cost, last.latency, last.params) == (0, 0, 0.0, 0.0, {})
@@ -210,5 +253,14 @@ def test_a_step_with_mixed_calls_round_trips_and_writes_survive_a_dropped_connec
         assert writer._committed_before({**mine, "action": "drop key"}, 1) is None  # someone else's step
         assert writer._committed_before(mine, 2) is None  # not the same calls
         assert call_row(None, bare)["params"] == {} and writer._default("params") == {} and writer._default("model") is None
+        # the same for an episode's start: a retried INSERT meeting (run, plan index, attempt) takes the stored one
+        # only while it can be its own (still running, no step, same task)
+        tid = store.task_id("textworld", "g", 0, "test")
+        fresh = store.start_episode(run_id, 2, tid, role="student", policy_id="x")
+        assert store._started_before(run_id, 2, 0, tid) == fresh
+        assert store._started_before(run_id, 2, 0, tid + 1) is None and store._started_before(run_id, 2, 1, tid) is None
+        assert store._started_before(run_id, 0, 0, tid) is None  # the first episode: finished, with steps
+        with pytest.raises(Exception):  # a real second start of the same attempt is refused
+            store.start_episode(run_id, 2, tid, role="student", policy_id="x")
     assert store.stats()["steps"] == 2
     store.close()

@@ -89,6 +89,16 @@ def _make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True)
 
 
+def write_engine(engine: Engine) -> Engine:
+    """The pool for a run's hot single-statement writes (a step, an episode's start and finish): on
+    PostgreSQL autocommit and no liveness ping at checkout (a round trip of its own per write); a write
+    that finds its connection dead goes again once on a fresh one (Store._write, PostgresStepWriter).
+    SQLite: the engine itself (no server, nothing to ping)."""
+    if engine.dialect.name != "postgresql":
+        return engine
+    return create_engine(engine.url, pool_pre_ping=False, isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
+
+
 def alembic_config(engine: Engine) -> Config:
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))

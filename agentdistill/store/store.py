@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, case, delete, exists, func, insert, inspect, select, update
+from sqlalchemy import Engine, bindparam, case, delete, exists, func, insert, inspect, select, update
 from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, aliased, selectinload, sessionmaker
 
@@ -21,6 +21,7 @@ from agentdistill.errors import AgentDistillError
 from agentdistill.secrets import redact, scrub
 from agentdistill.store import db
 from agentdistill.store.models import Base, Episode, ModelCall, Run, Stage, Step, Task, utcnow
+from agentdistill.store.postgres_writer import PostgresStepWriter
 
 
 def _db_problem(url: str, e: Exception) -> str:
@@ -77,6 +78,27 @@ def latest_attempt():
 MAX_FIELD_CHARS = 32_768  # per stored text: a runaway 1 MB completion must not be stored whole, twice
 
 
+def _episode_total(expr, zero):
+    return select(func.coalesce(expr, zero)).where(Step.episode_id == bindparam("b_episode_id")).scalar_subquery()
+
+
+def _check_episode_columns(fields: dict[str, Any]) -> None:
+    """A parameter that names no column would be dropped silently by the statements below: refuse it."""
+    unknown = set(fields) - set(Episode.__table__.columns.keys())
+    if unknown:
+        raise AgentDistillError(f"episodes have no column {', '.join(sorted(unknown))}")
+
+
+# Built once: building a statement costs more client CPU than sending it. The columns an execution's
+# parameters name are added to the INSERT's values and the UPDATE's SET clause.
+_START_EPISODE = insert(Episode).returning(Episode.id)
+_FINISH_EPISODE = update(Episode).where(Episode.id == bindparam("b_episode_id")).values(
+    n_steps=_episode_total(func.count(Step.id), 0), reward=_episode_total(func.sum(Step.reward), 0.0),
+    prompt_tokens=_episode_total(func.sum(Step.prompt_tokens), 0),
+    completion_tokens=_episode_total(func.sum(Step.completion_tokens), 0),
+    cost=_episode_total(func.sum(Step.cost), 0.0))
+
+
 def bounded(text: str | None, field: str, truncated: dict[str, int]) -> str | None:
     """`text` redacted and cut to MAX_FIELD_CHARS with a visible marker; the full length goes to `truncated`."""
     if text is None:
@@ -99,84 +121,6 @@ def call_row(step_id: int, call: dict[str, Any]) -> dict[str, Any]:
     if truncated:
         params = {**params, "truncated": truncated}
     return {**call, "step_id": step_id, "messages": messages, "outputs": outputs, "params": params}
-
-
-class _PostgresStepWriter:
-    """A step and its model calls in one statement, in autocommit: the step inserted in a CTE, the calls
-    reading its new id. Two round trips per step instead of five (the pool's liveness ping and the statement;
-    before: the ping, BEGIN, two INSERTs, COMMIT), and a statement text psycopg prepares once per shape. It
-    shares the store's pool: one connection per writing process (a cluster's actors each hold one).
-
-    A connection the server drops between the ping and the statement fails it and is invalidated; the write is
-    tried once more on a fresh connection. If the lost reply hid a commit, the retry meets the (episode, idx)
-    unique key: the stored step is this one (same texts, same number of calls) and its id is returned instead
-    of writing it twice; any other conflict is raised as it is."""
-
-    def __init__(self, engine: Engine):
-        from sqlalchemy import JSON
-
-        self.engine = engine.execution_options(isolation_level="AUTOCOMMIT")
-        self._json = {c.name for t in (Step.__table__, ModelCall.__table__) for c in t.columns
-                      if isinstance(c.type, JSON)}
-        # Python-side defaults (a callable one, e.g. `dict`, made fresh per row); a column without one stays NULL
-        self._defaults = {c.name: c.default.arg for c in ModelCall.__table__.columns if c.default is not None}
-        self._call_cols = tuple(c.name for c in ModelCall.__table__.columns if c.name not in ("id", "step_id"))
-        self._sql: dict[tuple, str] = {}
-
-    def write(self, row: dict[str, Any], call_rows: list[dict[str, Any]]) -> int:
-        step_cols = tuple(row)
-        sql = self._statement(step_cols, len(call_rows))
-        params = [self._value(c, row[c]) for c in step_cols]
-        for r in call_rows:  # every column, a missing one at its Python-side default: there are no server defaults
-            params += [self._value(c, r[c] if c in r else self._default(c)) for c in self._call_cols]
-        retried = False
-        while True:
-            try:
-                with self.engine.connect() as conn:
-                    return conn.exec_driver_sql(sql, tuple(params)).scalars().first()  # one row per call
-            except IntegrityError as e:
-                if not retried or getattr(getattr(e.orig, "diag", None), "constraint_name", None) != "uq_step_idx":
-                    raise
-                stored = self._committed_before(row, len(call_rows))
-                if stored is None:  # another step holds this index: a real conflict, not our lost reply
-                    raise
-                return stored
-            except DBAPIError as e:
-                if retried or not e.connection_invalidated:
-                    raise
-                retried = True
-
-    def _committed_before(self, row: dict[str, Any], n_calls: int) -> int | None:
-        """The id of the stored step at (episode, idx) if it is this write's, else None."""
-        with self.engine.connect() as conn:
-            found = conn.execute(select(Step.id, Step.observation, Step.action, Step.raw_output).where(
-                Step.episode_id == row["episode_id"], Step.idx == row["idx"])).first()
-            if found is None or (found.observation, found.action, found.raw_output) != (
-                    row["observation"], row["action"], row["raw_output"]):
-                return None
-            calls = conn.execute(select(func.count(ModelCall.id)).where(ModelCall.step_id == found.id)).scalar_one()
-            return found.id if calls == n_calls else None
-
-    def _default(self, col: str) -> Any:
-        arg = self._defaults.get(col)
-        return arg(None) if callable(arg) else arg  # SQLAlchemy wraps a callable default to take a context
-
-    def _value(self, col: str, value: Any) -> Any:
-        return json.dumps(value) if col in self._json and value is not None else value
-
-    def _statement(self, step_cols: tuple[str, ...], n_calls: int) -> str:
-        key = (step_cols, n_calls)
-        if key not in self._sql:
-            step = (f"INSERT INTO steps ({', '.join(step_cols)}) VALUES ({', '.join(['%s'] * len(step_cols))}) "
-                    "RETURNING id")
-            if not n_calls:
-                self._sql[key] = step
-            else:
-                cols = self._call_cols
-                one = "((SELECT id FROM new_step), " + ", ".join(["%s"] * len(cols)) + ")"
-                self._sql[key] = (f"WITH new_step AS ({step}) INSERT INTO model_calls (step_id, {', '.join(cols)}) "
-                                  f"VALUES {', '.join([one] * n_calls)} RETURNING step_id")
-        return self._sql[key]
 
 
 @dataclass
@@ -226,7 +170,8 @@ class Store:
     def __init__(self, engine: Engine):
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
-        self._step_writer = _PostgresStepWriter(engine) if engine.dialect.name == "postgresql" else None
+        self._writes = db.write_engine(engine)
+        self._step_writer = PostgresStepWriter(self._writes) if engine.dialect.name == "postgresql" else None
 
     @classmethod
     def open(cls, url_or_path: str | None = None, *, migrate_fresh: bool = True, create: bool = True) -> Store:
@@ -269,7 +214,26 @@ class Store:
         return self._sessions()
 
     def close(self) -> None:
+        self._writes.dispose()
         self.engine.dispose()
+
+    def _write(self, statement, params: dict[str, Any], lost_reply: Callable[[], Any] | None = None):
+        """One statement on the write pool, its result. A connection found dead (no ping before: db.write_engine)
+        is replaced and the statement sent once more; if that meets a unique key, the first one may have been
+        committed with its reply lost: `lost_reply()` returns what it wrote (None: a real conflict, raised)."""
+        for retried in (False, True):
+            try:
+                with self._writes.begin() as conn:
+                    result = conn.execute(statement, params)
+                    return result.scalar_one() if result.returns_rows else result.rowcount
+            except IntegrityError:
+                found = lost_reply() if retried and lost_reply else None
+                if found is None:
+                    raise
+                return found
+            except DBAPIError as e:
+                if retried or not e.connection_invalidated:
+                    raise
 
     # ---- runs -----------------------------------------------------------------------------------
     def create_run(self, name: str, recipe: dict[str, Any], kind: str = "rollout") -> str:
@@ -346,11 +310,21 @@ class Store:
             return {e.plan_index: e for e in eps}
 
     def start_episode(self, run_id: str, plan_index: int, task_id: int, **fields: Any) -> int:
-        # Core, not the ORM: one INSERT per episode of every run (a third of an ORM flush's client time)
-        stmt = insert(Episode).values(run_id=run_id, plan_index=plan_index, task_id=task_id, status="running",
-                                      **fields).returning(Episode.id)
-        with self.engine.begin() as conn:
-            return conn.execute(stmt).scalar_one()
+        # one statement built once, its values as parameters, on the write pool: one INSERT per episode of every
+        # run (an ORM flush took three times the client CPU; rebuilding the statement each time, twice)
+        _check_episode_columns(fields)
+        values = {"run_id": run_id, "plan_index": plan_index, "task_id": task_id, "status": "running", **fields}
+        return self._write(_START_EPISODE, values,
+                           lambda: self._started_before(run_id, plan_index, fields.get("attempt", 0), task_id))
+
+    def _started_before(self, run_id: str, plan_index: int, attempt: int, task_id: int) -> int | None:
+        """The episode at (run, plan index, attempt) if it can be our own INSERT whose reply was lost: of this
+        task, still running, no step yet."""
+        with self._writes.connect() as conn:
+            return conn.execute(select(Episode.id).where(
+                Episode.run_id == run_id, Episode.plan_index == plan_index, Episode.attempt == attempt,
+                Episode.task_id == task_id, Episode.status == "running",
+                ~exists().where(Step.episode_id == Episode.id))).scalar()
 
     def restart_episode(self, episode_id: int) -> None:
         """Forget an interrupted episode's partial steps so it can run again from its start."""
@@ -385,7 +359,7 @@ class Store:
     def add_step(self, episode_id: int, step: StepRecord) -> int:
         """Commit one step and its model calls atomically (SQLAlchemy Core, not an ORM session: this is the
         write every step of every episode makes; benchmarks/store_write_rate.py); on PostgreSQL in one
-        statement (_PostgresStepWriter)."""
+        statement (postgres_writer.py)."""
         row = step.row(episode_id)
         call_rows = [call_row(None, c) for c in step.calls]
         if self._step_writer is not None:
@@ -418,19 +392,13 @@ class Store:
         return len(rows)
 
     def finish_episode(self, episode_id: int, *, status: str = "done", **fields: Any) -> None:
-        """The episode's totals summed from its stored steps and its outcome, in one UPDATE."""
-        def total(expr, zero):
-            return select(func.coalesce(expr, zero)).where(Step.episode_id == episode_id).scalar_subquery()
-
+        """The episode's totals summed from its stored steps and its outcome, in one UPDATE (sent again as it is
+        if its connection was found dead: it sets the same values)."""
+        _check_episode_columns(fields)
         values = {k: redact(v) if isinstance(v, str) else v for k, v in fields.items()}
-        stmt = update(Episode).where(Episode.id == episode_id).values(
-            n_steps=total(func.count(Step.id), 0), reward=total(func.sum(Step.reward), 0.0),
-            prompt_tokens=total(func.sum(Step.prompt_tokens), 0),
-            completion_tokens=total(func.sum(Step.completion_tokens), 0), cost=total(func.sum(Step.cost), 0.0),
-            status=status, finished_at=utcnow(), **values)
-        with self.engine.begin() as conn:
-            if conn.execute(stmt).rowcount != 1:
-                raise AgentDistillError(f"no episode {episode_id} in the store to finish")
+        params = {**values, "b_episode_id": episode_id, "status": status, "finished_at": utcnow()}
+        if self._write(_FINISH_EPISODE, params) != 1:
+            raise AgentDistillError(f"no episode {episode_id} in the store to finish")
 
     def episodes(
         self,
