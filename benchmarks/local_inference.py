@@ -4,9 +4,11 @@
 1. transformers with dynamic batching: 8 concurrent episodes vs 1, episodes per minute (goal >= 3x);
 2. at 8 concurrent episodes: batching on vs off; the batcher regrouping the episodes after each batch
    (waiting up to 50 ms for the last batch's requesters) vs starting a batch with the first one back;
-3. llama.cpp (`llamacpp/smollm2-135m`, the GGUF as shipped) vs transformers (`local/smollm2-135m`):
-   generated tokens per second on the same stored prompts, one request at a time (goal >= 4x), and
-   episodes per minute at 1 and 8 concurrent episodes;
+3. llama.cpp vs transformers (`local/smollm2-135m`): generated tokens per second on the same stored
+   prompts, one request at a time (goal >= 4x), with how often the greedy answers are the same text, and
+   episodes per minute at 1 and 8 concurrent episodes. llama.cpp runs the transformers checkpoint exported
+   by `agentdistill train gguf` (q8_0, its default: the file a distilled student is served from), and for
+   tokens/s also the GGUF `llamacpp/smollm2-135m` ships as (Q4_1, a layout with no fast CPU kernel);
 4. transformers' prefix cache (each prompt prefills only what follows its longest prefix shared with a
    kept prompt) on vs off, episodes per minute at 1 and 8 concurrent episodes; and for a student carrying
    a skill pack (Trace2Skill, distilled from the warm-up's expert episodes, inline in the system prompt as
@@ -23,14 +25,16 @@ import asyncio
 import os
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from agentdistill.agents.policies import ExpertPolicy, LLMPolicy  # noqa: E402
 from agentdistill.agents.runner import EnvPool, Runner, make_plan  # noqa: E402
 from agentdistill.envs import make  # noqa: E402
+from agentdistill.models.gguf_export import export_gguf  # noqa: E402
 from agentdistill.models.llamacpp import LlamaCppModel  # noqa: E402
-from agentdistill.models.local import LocalModel  # noqa: E402
+from agentdistill.models.local import LocalModel, resolve_checkpoint  # noqa: E402
 from agentdistill.models.prefix_cache import PrefixCache  # noqa: E402
 from agentdistill.skills.trace2skill import TraceAnalyst, distill  # noqa: E402
 from agentdistill.store.store import Store  # noqa: E402
@@ -51,11 +55,14 @@ def episodes(store, envs, plan, policy, concurrency, steps, label) -> tuple[floa
     return elapsed, sum(e.n_steps for e in eps), run_id
 
 
-def tokens_per_second(model, prompts, max_tokens: int) -> tuple[float, int]:
-    t0, tokens = time.perf_counter(), 0
+def tokens_per_second(model, prompts, max_tokens: int) -> tuple[float, int, list[str]]:
+    """Generated tokens per second over the prompts, one at a time, greedy; the tokens and the texts."""
+    t0, tokens, texts = time.perf_counter(), 0, []
     for messages in prompts:
-        tokens += sum(c.completion_tokens for c in model.complete(messages, max_tokens=max_tokens))
-    return tokens / (time.perf_counter() - t0), tokens
+        (c,) = model.complete(messages, max_tokens=max_tokens)
+        tokens += c.completion_tokens
+        texts.append(c.text)
+    return tokens / (time.perf_counter() - t0), tokens, texts
 
 
 def pack_speedup(store, envs, plan, model, expert_run: str, steps: int) -> tuple[int, dict[str, float]]:
@@ -87,19 +94,22 @@ def main():
     plan = make_plan(["student"], tasks, [0])
     batched = LocalModel("local/smollm2-135m")
     unbatched = LocalModel("local/smollm2-135m", batching=False)
-    llama = LlamaCppModel("llamacpp/smollm2-135m")
+    shipped = LlamaCppModel("llamacpp/smollm2-135m")
     policy = lambda m: LLMPolicy(m, max_tokens=24, history=2)  # noqa: E731
     rows = []
     try:
         with tempfile.TemporaryDirectory() as d:
             store = Store.open(os.path.join(d, "b.db"))
+            # not timed: the checkpoint transformers runs, as `agentdistill train gguf` exports a student
+            llama = LlamaCppModel("llamacpp/" + str(export_gguf(resolve_checkpoint("smollm2-135m"),
+                                                                Path(d) / "student-q8_0.gguf", "q8_0")))
             # not timed: games generated and weights loaded once
             warm = Runner(store, store.create_run("warm", {}), {"student": ExpertPolicy()}, {"student": 50})
             pool = EnvPool(lambda: None, 0)
             for env in envs:
                 pool._free.put_nowait(env)
             asyncio.run(warm.run(plan, pool, n, progress=False))
-            for m in (batched, llama):
+            for m in (batched, llama, shipped):
                 m.complete([{"role": "user", "content": "warm-up"}], max_tokens=4)
             pack_tokens, pack_secs = pack_speedup(store, envs, plan, batched, warm.run_id, args.pack_steps)
             if args.pack_only:
@@ -122,8 +132,9 @@ def main():
             prompts = [c.messages for e in store.episodes(run_id=rows[0][4], with_steps=True)
                        for s in e.steps for c in s.calls]
             unbatched._loaded.prefixes = PrefixCache()  # as llama.cpp keeps its last prompt's KV
-            tps_hf, tok_hf = tokens_per_second(unbatched, prompts, args.max_tokens)
-            tps_ll, tok_ll = tokens_per_second(llama, prompts, args.max_tokens)
+            tps_hf, tok_hf, text_hf = tokens_per_second(unbatched, prompts, args.max_tokens)
+            tps_ll, tok_ll, text_ll = tokens_per_second(llama, prompts, args.max_tokens)
+            tps_sh, tok_sh, text_sh = tokens_per_second(shipped, prompts, args.max_tokens)
     finally:
         for env in envs:
             env.close()
@@ -134,8 +145,12 @@ def main():
     print(f"2. at {n} concurrent, batched vs unbatched: "
           f"{epm[('transformers, batched', n)] / epm[('transformers, unbatched', n)]:.2f}x; batches regrouped after "
           f"each one vs not: {epm[('transformers, batched', n)] / epm[('no regrouping', n)]:.2f}x")
-    print(f"3. llama.cpp vs transformers, same {len(prompts)} prompts one at a time: {tps_ll:.0f} vs {tps_hf:.0f} "
-          f"tokens/s = {tps_ll / tps_hf:.2f}x (goal >= 4x; {tok_ll} vs {tok_hf} tokens)")
+    same = lambda texts: sum(a == b for a, b in zip(texts, text_hf))  # noqa: E731
+    print(f"3. llama.cpp (q8_0 export) vs transformers, same {len(prompts)} prompts one at a time: {tps_ll:.0f} vs "
+          f"{tps_hf:.0f} tokens/s = {tps_ll / tps_hf:.2f}x (goal >= 4x; {tok_ll} vs {tok_hf} tokens; the same greedy "
+          f"text for {same(text_ll)} of {len(prompts)} prompts)")
+    print(f"   the GGUF as shipped (Q4_1): {tps_sh:.0f} tokens/s = {tps_sh / tps_hf:.2f}x ({tok_sh} tokens; the same "
+          f"greedy text for {same(text_sh)} of {len(prompts)})")
     print(f"   episodes/min at 1: {epm[('llama.cpp', 1)] / epm[('transformers, batched', 1)]:.2f}x, at {n}: "
           f"{epm[('llama.cpp', n)] / epm[('transformers, batched', n)]:.2f}x (llama.cpp vs batched transformers)")
     print(f"4. prefix cache on vs off: {epm[('transformers, batched', 1)] / epm[('no prefix cache', 1)]:.2f}x episodes/min "
