@@ -82,9 +82,12 @@ def _episode_total(expr, zero):
     return select(func.coalesce(expr, zero)).where(Step.episode_id == bindparam("b_episode_id")).scalar_subquery()
 
 
+_EPISODE_COLUMNS = frozenset(Episode.__table__.columns.keys())
+
+
 def _check_episode_columns(fields: dict[str, Any]) -> None:
     """A parameter that names no column would be dropped silently by the statements below: refuse it."""
-    unknown = set(fields) - set(Episode.__table__.columns.keys())
+    unknown = fields.keys() - _EPISODE_COLUMNS
     if unknown:
         raise AgentDistillError(f"episodes have no column {', '.join(sorted(unknown))}")
 
