@@ -5,7 +5,9 @@
 2. at 8 concurrent episodes: batching on vs off; the batcher regrouping the episodes after each batch
    (waiting up to 50 ms for the last batch's requesters) vs starting a batch with the first one back;
 3. llama.cpp vs transformers (`local/smollm2-135m`): generated tokens per second on the same stored
-   prompts, one request at a time (goal >= 4x), with how often the greedy answers are the same text, and
+   prompts, one request at a time (goal >= 4x; the backends alternate over `--tps-rounds` rounds and the
+   median of the rounds' ratios is the figure: transformers' speed drifts within a long process), with how
+   often the greedy answers are the same text, and
    episodes per minute at 1 and 8 concurrent episodes. llama.cpp runs the transformers checkpoint exported
    by `agentdistill train gguf` (q8_0, its default: the file a distilled student is served from), and for
    tokens/s also the GGUF `llamacpp/smollm2-135m` ships as (Q4_1, a layout with no fast CPU kernel);
@@ -17,12 +19,13 @@
 Every arm plays the same games and starts from an empty prefix cache (a kept prompt from an earlier arm
 would be a free hit).
 
-Run: python benchmarks/local_inference.py [--episodes 8] [--steps 5]
+Run: python benchmarks/local_inference.py [--episodes 8] [--steps 5] [--tps-rounds 3]
 """
 
 import argparse
 import asyncio
 import os
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +36,7 @@ from agentdistill.agents.policies import ExpertPolicy, LLMPolicy  # noqa: E402
 from agentdistill.agents.runner import EnvPool, Runner, make_plan  # noqa: E402
 from agentdistill.envs import make  # noqa: E402
 from agentdistill.models.gguf_export import export_gguf  # noqa: E402
-from agentdistill.models.llamacpp import LlamaCppModel  # noqa: E402
+from agentdistill.models.llamacpp import LlamaCppModel, built_with_openmp  # noqa: E402
 from agentdistill.models.local import LocalModel, resolve_checkpoint  # noqa: E402
 from agentdistill.models.prefix_cache import PrefixCache  # noqa: E402
 from agentdistill.skills.trace2skill import TraceAnalyst, distill  # noqa: E402
@@ -85,10 +88,13 @@ def main():
     ap.add_argument("--episodes", type=int, default=8)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=48, help="for the tokens/s comparison")
+    ap.add_argument("--tps-rounds", type=int, default=3, help="rounds of the tokens/s comparison")
     ap.add_argument("--pack-steps", type=int, default=3, help="steps per episode with the skill pack")
     ap.add_argument("--pack-only", action="store_true", help="measure only 4. (the prefix cache)")
     args = ap.parse_args()
     n = args.episodes
+    # an OpenMP build slows llama.cpp (and torch) once both have run in this process: say which this is
+    print(f"llama-cpp-python built {'with' if built_with_openmp() else 'without'} OpenMP", flush=True)
     envs = [make("textworld") for _ in range(n)]
     tasks = envs[0].tasks("test", ["easy"])[:n]
     plan = make_plan(["student"], tasks, [0])
@@ -131,10 +137,13 @@ def main():
                       f"{n / secs * 60:5.1f} episodes/min", flush=True)
             prompts = [c.messages for e in store.episodes(run_id=rows[0][4], with_steps=True)
                        for s in e.steps for c in s.calls]
-            unbatched._loaded.prefixes = PrefixCache()  # as llama.cpp keeps its last prompt's KV
-            tps_hf, tok_hf, text_hf = tokens_per_second(unbatched, prompts, args.max_tokens)
-            tps_ll, tok_ll, text_ll = tokens_per_second(llama, prompts, args.max_tokens)
-            tps_sh, tok_sh, text_sh = tokens_per_second(shipped, prompts, args.max_tokens)
+            batched._loaded.prefixes = PrefixCache()  # as llama.cpp keeps its last prompt's KV
+            # transformers through its batcher thread, one request at a time: torch running on a second
+            # long-lived thread (this one) would share its OpenMP runtime with the batcher's threads, which then
+            # stop spin-waiting (more OpenMP threads than cores) and decode ~1.6x slower on 2 cores
+            rounds = [[tokens_per_second(m, prompts, args.max_tokens) for m in (batched, llama, shipped)]
+                      for _ in range(args.tps_rounds)]
+            (_, tok_hf, text_hf), (_, tok_ll, text_ll), (_, tok_sh, text_sh) = rounds[0]
     finally:
         for env in envs:
             env.close()
@@ -146,11 +155,14 @@ def main():
           f"{epm[('transformers, batched', n)] / epm[('transformers, unbatched', n)]:.2f}x; batches regrouped after "
           f"each one vs not: {epm[('transformers, batched', n)] / epm[('no regrouping', n)]:.2f}x")
     same = lambda texts: sum(a == b for a, b in zip(texts, text_hf))  # noqa: E731
-    print(f"3. llama.cpp (q8_0 export) vs transformers, same {len(prompts)} prompts one at a time: {tps_ll:.0f} vs "
-          f"{tps_hf:.0f} tokens/s = {tps_ll / tps_hf:.2f}x (goal >= 4x; {tok_ll} vs {tok_hf} tokens; the same greedy "
+    tps = lambda i: ", ".join(f"{r[i][0]:.0f}" for r in rounds)  # noqa: E731
+    ratio = lambda i: [r[i][0] / r[0][0] for r in rounds]  # noqa: E731
+    print(f"3. llama.cpp (q8_0 export) vs transformers, same {len(prompts)} prompts one at a time, {len(rounds)} "
+          f"rounds: {tps(1)} vs {tps(0)} tokens/s, median ratio {statistics.median(ratio(1)):.2f}x (rounds: "
+          f"{', '.join(f'{x:.2f}' for x in ratio(1))}; goal >= 4x; {tok_ll} vs {tok_hf} tokens; the same greedy "
           f"text for {same(text_ll)} of {len(prompts)} prompts)")
-    print(f"   the GGUF as shipped (Q4_1): {tps_sh:.0f} tokens/s = {tps_sh / tps_hf:.2f}x ({tok_sh} tokens; the same "
-          f"greedy text for {same(text_sh)} of {len(prompts)})")
+    print(f"   the GGUF as shipped (Q4_1): {tps(2)} tokens/s, median ratio {statistics.median(ratio(2)):.2f}x "
+          f"({tok_sh} tokens; the same greedy text for {same(text_sh)} of {len(prompts)})")
     print(f"   episodes/min at 1: {epm[('llama.cpp', 1)] / epm[('transformers, batched', 1)]:.2f}x, at {n}: "
           f"{epm[('llama.cpp', n)] / epm[('transformers, batched', n)]:.2f}x (llama.cpp vs batched transformers)")
     print(f"4. prefix cache on vs off: {epm[('transformers, batched', 1)] / epm[('no prefix cache', 1)]:.2f}x episodes/min "
