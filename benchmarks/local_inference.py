@@ -83,13 +83,19 @@ def pack_speedup(store, envs, plan, model, expert_run: str, steps: int) -> tuple
     return tokens, secs
 
 
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive whole number")
+    return int(text)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--episodes", type=int, default=8)
-    ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--max-tokens", type=int, default=48, help="for the tokens/s comparison")
-    ap.add_argument("--tps-rounds", type=int, default=3, help="rounds of the tokens/s comparison")
-    ap.add_argument("--pack-steps", type=int, default=3, help="steps per episode with the skill pack")
+    ap.add_argument("--episodes", type=_positive, default=8)
+    ap.add_argument("--steps", type=_positive, default=5)
+    ap.add_argument("--max-tokens", type=_positive, default=48, help="for the tokens/s comparison")
+    ap.add_argument("--tps-rounds", type=_positive, default=3, help="rounds of the tokens/s comparison")
+    ap.add_argument("--pack-steps", type=_positive, default=3, help="steps per episode with the skill pack")
     ap.add_argument("--pack-only", action="store_true", help="measure only 4. (the prefix cache)")
     args = ap.parse_args()
     n = args.episodes

@@ -47,8 +47,9 @@ extras="all"
 # process (more OpenMP threads than cores), and llama.cpp's decoding then runs at about half speed.
 CMAKE_ARGS="${CMAKE_ARGS:--DGGML_OPENMP=OFF}" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
   $PY -m pip install -q -c "$constraints" -e ".[$extras]"
-if [ "$TEST" = 1 ] && [ -z "${CMAKE_ARGS:-}" ] && $PY -c "import llama_cpp, sys
-sys.exit(b'OPENMP = 1' not in llama_cpp.llama_print_system_info())"; then
+if [ "$TEST" = 1 ] && [ -z "${CMAKE_ARGS:-}" ] && $PY -c "import sys
+from agentdistill.models.llamacpp import built_with_openmp
+sys.exit(not built_with_openmp())"; then
   # pip reused a wheel it had built earlier with OpenMP: build it again
   echo "rebuilding llama-cpp-python without OpenMP (a few minutes)"
   CMAKE_ARGS="-DGGML_OPENMP=OFF" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
