@@ -55,6 +55,31 @@ def test_batched_greedy_equals_unbatched_with_each_requests_own_tokens_and_limit
     assert len({g.prompt_tokens for g in got}) > 1  # each request's own prompt, not the padded width
 
 
+MORE_ROOMS = ["a river bank; a boat is tied to a post and a fishing rod lies nearby", "a market stall selling apples",
+              "a laboratory with beakers, a burner and a thermometer on the table", "a cave"]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_greedy_output_does_not_depend_on_the_batch_it_is_in(dtype):
+    """Whatever a request is batched with (which the batcher decides by timing), its greedy text is the one
+    it gets alone. Without per-row attention and two-row matmuls, 20 of 66 such bf16 outputs differed."""
+    from agentdistill.models.batching import Request
+
+    model = LocalModel("local/smollm2-135m", dtype=dtype, batching=False)
+    kept, model._loaded.prefixes = model._loaded.prefixes, None
+    chats = CHATS + [[SYSTEM, {"role": "user", "content": f"You are in {room}. What do you do?"}] for room in MORE_ROOMS]
+    ask = lambda group: [Request(chats[i], 1, 0.0, 32, (), owner=model) for i in group]  # noqa: E731
+    try:
+        alone = [model._generate(ask([i]))[0][0].text for i in range(len(chats))]
+        groupings = [[list(range(9))], [[8, 0, 5], [1, 7], [2, 6, 4, 3]]]  # every prompt padded in some batch
+        for grouping in groupings:
+            for group in grouping:
+                got = [completions[0].text for completions in model._generate(ask(group))]
+                assert got == [alone[i] for i in group], (dtype, group)
+    finally:
+        model._loaded.prefixes = kept
+
+
 def test_n_samples_share_a_call_and_differ_when_sampling(models):
     batched, _ = models
     samples = batched.complete(CHATS[0], n=4, temperature=1.0, max_tokens=24)
@@ -264,3 +289,25 @@ def test_released_models_free_their_weights_and_end_their_batcher():
     again = make_model("local/smollm2-135m", dtype=dtype)
     assert again.complete(CHATS[0], max_tokens=6)[0].text == answer
     release_in_process_models()
+
+
+def test_only_a_model_running_sdpa_is_made_batch_invariant():
+    """Per-row attention replaces SDPA only: a model on another attention (eager, flash) keeps its own."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from agentdistill.models.batch_invariance import NAME, make_batch_invariant
+
+    config = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                  num_key_value_heads=2)
+    eager = LlamaForCausalLM(LlamaConfig(**config, attn_implementation="eager"))
+    assert not make_batch_invariant(eager) and eager.config._attn_implementation == "eager"
+    sdpa = LlamaForCausalLM(LlamaConfig(**config, attn_implementation="sdpa")).eval()
+    ids = torch.tensor([[0, 0, 5, 9, 3], [7, 1, 2, 4, 8]])
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    with torch.inference_mode():
+        before = sdpa(input_ids=ids, attention_mask=mask).logits
+        assert make_batch_invariant(sdpa) and sdpa.config._attn_implementation == NAME
+        after = sdpa(input_ids=ids, attention_mask=mask).logits
+    # the same model: per-row attention moves a real position's logits by rounding only
+    assert torch.allclose(before[0, 2:], after[0, 2:], atol=1e-5) and torch.allclose(before[1], after[1], atol=1e-5)

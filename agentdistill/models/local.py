@@ -23,6 +23,7 @@ from agentdistill.errors import ConfigError
 from agentdistill.models.base import ChatModel, Completion, Message, fill_samples
 from agentdistill.models.batching import Batcher, BatcherClosed, Request
 from agentdistill.models.cost import Price, resolve_price
+from agentdistill.models.batch_invariance import make_batch_invariant
 from agentdistill.models.prefix_cache import PrefixCache
 from agentdistill.models.prefix_cache import supports as prefix_cache_supported
 from agentdistill.paths import cache_dir
@@ -137,6 +138,7 @@ class _Loaded:
         else:
             self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
         self.model.eval()
+        make_batch_invariant(self.model)  # a request gets the same greedy output in any batch
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
