@@ -151,11 +151,13 @@ def run(
             return
         if start_from or only:
             raise AgentDistillError("--from and --only are for pipeline recipes (with collect/distill/eval stages)")
-        env = open_env(parsed)
+        # on a cluster the actors' envs check the recipe (this machine may have no env installed)
+        env = None if parsed.runner.executor == "ray" else open_env(parsed)
         try:
             store = _store(db)
         except BaseException:
-            env.close()
+            if env is not None:
+                env.close()
             raise
         run_id = run_recipe(store, parsed, progress=progress, env=env)
     _print_summary(store, run_id)

@@ -162,6 +162,13 @@ class _EnvActor:
             log.warning("env failed to start: %s", redact(str(e))[:300])
         return ray.get_runtime_context().get_node_id()
 
+    def tasks(self) -> list:
+        """The recipe's tasks, listed on this actor's env (so the driver starts none of its own)."""
+        from agentdistill.agents.rollout import select_tasks
+
+        self._start()
+        return select_tasks(self.env, self.recipe)
+
     def play(self, spec: EpisodeSpec, episode_id: int, attempt: int) -> str:
         import time
 
@@ -221,6 +228,22 @@ class RayExecutor(Executor):
         actor = self._actor_cls.remote(*self._args)
         self._all.append(actor)
         return actor, actor.warm.remote()
+
+    def tasks(self) -> list:
+        """The recipe's tasks as an actor's env lists them: a bad split or task name gives its one line, as
+        on the driver; the driver needs no env of its own (on a real cluster it may have none installed)."""
+        ray = _ray()
+        actor, ready = self._free.get_nowait()
+        try:
+            return ray.get(actor.tasks.remote())
+        except ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, AgentDistillError):  # an unknown split or task, an env that did not start
+                raise e.cause.with_traceback(None) from None
+            raise AgentDistillError(f"listing the tasks on an env actor failed: {_cause(e)}") from None
+        except ray.exceptions.RayError as e:
+            raise AgentDistillError(f"the env actor listing the tasks was lost: {_cause(e)}") from None
+        finally:
+            self._free.put_nowait((actor, ready))
 
     async def _acquire(self):
         """A free actor that is up. A new one that dies before its first episode (e.g. placed on a node that is

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from agentdistill.agents.cascade import CascadePolicy
 from agentdistill.agents.policies import ExpertPolicy, LLMPolicy, Policy
 from agentdistill.distill.icd import DemoIndex, Retrieval
-from agentdistill.agents.runner import EnvPool, EpisodeSpec, Executor, LocalExecutor, Runner, _close_quietly, make_plan
+from agentdistill.agents.runner import EnvPool, Executor, LocalExecutor, Runner, _close_quietly, make_plan
 from agentdistill.config import PolicySpec, Recipe, parse_recipe
 from agentdistill.envs import Env, Task, make
 from agentdistill.errors import AgentDistillError, EnvNotReady, RunFailed
@@ -99,10 +99,6 @@ def first_variations(env: Env, split: str, names: list[str] | None, variations: 
     return tasks
 
 
-def plan_for(env: Env, recipe: Recipe) -> list[EpisodeSpec]:
-    return make_plan(list(recipe.roles()), select_tasks(env, recipe), recipe.runner.seeds)
-
-
 def open_env(recipe: Recipe) -> Env:
     """Start the recipe's environment and check that its split and tasks exist: one line on any problem,
     before anything is written to the store."""
@@ -132,9 +128,9 @@ def run_recipe(store: Store, recipe: Recipe, *, progress: bool = True, kind: str
     actors = None
     try:
         # the driver's policies come first on a cluster (they may save a pack or build a demo index the actors
-        # then read); its actors start their envs while this process opens its own to list the tasks
+        # then read)
         policies, actors = _policies_and_actors(store, recipe)
-        env = env or open_env(recipe)  # fail before creating a run
+        env, tasks = _tasks(recipe, env, actors)  # fail before creating a run
         policies = policies or build_policies(store, recipe)
         run_id = store.create_run(recipe.name, recipe.model_dump(mode="json"), kind=kind)
         if on_start:
@@ -142,8 +138,18 @@ def run_recipe(store: Store, recipe: Recipe, *, progress: bool = True, kind: str
     except BaseException:
         _close_quietly(actors, env)
         raise
-    _execute(store, run_id, recipe, policies, progress, env, actors)
+    _execute(store, run_id, recipe, policies, progress, tasks, env, actors)
     return run_id
+
+
+def _tasks(recipe: Recipe, env: Env | None, actors: Executor | None) -> tuple[Env | None, list]:
+    """The run's tasks and the env this process keeps: on a cluster, the first actor's env lists them and
+    this process starts none (unless the caller already opened one); locally, this process's env lists them
+    and plays the first episodes."""
+    if actors is not None and env is None:
+        return None, actors.tasks()
+    env = env or open_env(recipe)
+    return env, select_tasks(env, recipe)
 
 
 def resume_run(store: Store, run_id: str, *, progress: bool = True) -> str:
@@ -154,13 +160,13 @@ def resume_run(store: Store, run_id: str, *, progress: bool = True) -> str:
     env = actors = None
     try:
         policies, actors = _policies_and_actors(store, recipe)
-        env = open_env(recipe)
+        env, tasks = _tasks(recipe, None, actors)
         policies = policies or build_policies(store, recipe)
         store.set_run_status(run.id, "running")
     except BaseException:
         _close_quietly(actors, env)
         raise
-    _execute(store, run.id, recipe, policies, progress, env, actors)
+    _execute(store, run.id, recipe, policies, progress, tasks, env, actors)
     return run.id
 
 
@@ -198,17 +204,16 @@ def connect_executor(store: Store, recipe: Recipe):
                       cpus=r.cpus_per_episode, gpus=r.gpus_per_episode, resources=r.resources)
 
 
-def _execute(store: Store, run_id: str, recipe: Recipe, policies: dict[str, Policy], progress: bool,
-             first: Env, actors: Executor | None = None) -> None:
-    """Play the run's plan on `actors` (a cluster's, from `_policies_and_actors`) or, without them, in this process
-    on a pool of envs that starts with `first`."""
+def _execute(store: Store, run_id: str, recipe: Recipe, policies: dict[str, Policy], progress: bool, tasks: list,
+             first: Env | None, actors: Executor | None = None) -> None:
+    """Play the run's plan of `tasks` on `actors` (a cluster's, from `_policies_and_actors`) or, without them,
+    in this process on a pool of envs that starts with `first`."""
     executor: Executor | None = actors
+    plan = make_plan(list(recipe.roles()), tasks, recipe.runner.seeds)
     try:
-        try:
-            plan = plan_for(first, recipe)
-        finally:
-            if actors is not None:  # this process's env only listed the tasks: the episodes' envs live in the actors
-                first.close()
+        if actors is not None and first is not None:  # the caller's env only checked the recipe
+            first.close()
+            first = None
         if executor is None:
             executor = LocalExecutor(EnvPool(lambda: start_env(recipe.env.name, recipe.env.options),
                                              recipe.runner.concurrency, first))
@@ -220,7 +225,7 @@ def _execute(store: Store, run_id: str, recipe: Recipe, policies: dict[str, Poli
     finally:
         if executor is not None:
             executor.close()
-        else:
+        elif first is not None:
             first.close()
     failed = sum(e.status == "error" for e in store.episodes(run_id=run_id, with_calls=False))
     if failed / max(len(plan), 1) > recipe.runner.fail_on_error:
