@@ -26,6 +26,7 @@ from agentdistill.models.cost import Price, resolve_price
 from agentdistill.models.batch_invariance import make_batch_invariant
 from agentdistill.models.prefix_cache import PrefixCache
 from agentdistill.models.prefix_cache import supports as prefix_cache_supported
+from agentdistill.openmp import in_passing_thread
 from agentdistill.paths import cache_dir
 
 # name -> (pip package that ships the GGUF, file inside it)
@@ -175,7 +176,8 @@ class _Loaded:
         key = f"{path.resolve()}|{dtype}"
         with cls._cache_lock:
             if key not in cls._cache:
-                cls._cache[key] = cls(path, dtype)
+                # loaded in a thread that ends, so its OpenMP pool does not slow the batcher's (openmp.py)
+                cls._cache[key] = in_passing_thread(cls, path, dtype)
             return cls._cache[key]
 
 

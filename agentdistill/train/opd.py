@@ -31,6 +31,7 @@ from agentdistill.agents.rollout import first_variations
 from agentdistill.agents.runner import EnvPool, EpisodeSpec, Runner
 from agentdistill.envs import Task, make
 from agentdistill.errors import AgentDistillError, ConfigError
+from agentdistill.openmp import in_passing_thread
 from agentdistill.store.store import Store
 from agentdistill.train.context import (SkillBandit, demo_context, expert_trajectories, load_skill_file,
                                         trajectory_skills)
@@ -421,4 +422,5 @@ class OPDTrainer:
 
 
 def train_opd(store: Store, spec: OPDSpec, out: str | Path, hw: Hardware | None = None) -> OPDResult:
-    return OPDTrainer(store, spec, hw).train(out)
+    # in a thread that ends with the training, so its OpenMP pool does not slow later generation (openmp.py)
+    return in_passing_thread(lambda: OPDTrainer(store, spec, hw).train(out))

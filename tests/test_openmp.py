@@ -1,0 +1,65 @@
+"""Heavy torch work runs in a thread that ends with it, taking its OpenMP worker pool along."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from agentdistill.openmp import in_passing_thread
+
+
+def _threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+def test_the_result_and_the_error_come_back_from_a_thread_that_has_ended():
+    ran_in = []
+    assert in_passing_thread(lambda a, b=0: ran_in.append(threading.current_thread()) or a + b, 2, b=3) == 5
+    assert ran_in[0] is not threading.current_thread() and not ran_in[0].is_alive()
+    with pytest.raises(ValueError, match="bad spec"):
+        in_passing_thread(lambda: (_ for _ in ()).throw(ValueError("bad spec")))
+
+
+def test_torch_work_leaves_no_openmp_pool_behind():
+    torch = pytest.importorskip("torch")
+    if torch.get_num_threads() < 2 or not os.path.isdir("/proc/self/task"):
+        pytest.skip("needs torch with 2+ threads and Linux's /proc to count threads")
+
+    def matmuls() -> int:
+        x = torch.randn(400, 400)
+        for _ in range(3):
+            x = x @ x
+        return _threads()
+
+    # a thread of its own first: the pool this process may already have (from other tests) stays as it is
+    before = _threads()
+    during = in_passing_thread(matmuls)
+    deadline = time.monotonic() + 5
+    while _threads() > before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert during > before  # the work's thread and its OpenMP workers
+    assert _threads() == before  # all gone with it
+
+
+@pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals reach the main thread")
+def test_ctrl_c_stops_the_work_inside_its_thread_and_reaches_the_caller():
+    seen = []
+
+    def training():
+        try:
+            while True:  # a trainer's steps: Python between the kernels
+                time.sleep(0.01)
+        except KeyboardInterrupt:
+            seen.append("stopped inside")
+            raise
+
+    timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        in_passing_thread(training)
+    assert seen == ["stopped inside"] and time.monotonic() - t0 < 5
