@@ -62,6 +62,8 @@ def rowwise_sdpa(module, query, key, value, attention_mask, **kwargs):
     if attention_mask is None or attention_mask.dtype != torch.bool:  # no padding: what each row gets alone
         return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
     batch, heads, q_len, dim = query.shape
+    if attention_mask.shape[0] != batch:  # one mask for every row
+        attention_mask = attention_mask.expand(batch, *attention_mask.shape[1:])
     out = query.new_zeros((batch, q_len, heads, dim))
     for b, (q_idx, k_idx, mask) in enumerate(_rows(attention_mask, q_len)):
         if q_idx is None:  # an all-padding row
