@@ -12,6 +12,7 @@ matmuls there, 25.9 with that work done in a thread that had ended (its pool end
 from __future__ import annotations
 
 import ctypes
+import functools
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -43,7 +44,17 @@ def in_passing_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(KeyboardInterrupt))
         done.wait()  # a second Ctrl-C leaves at once (the thread is a daemon)
         raise
-    thread.join()  # its OpenMP pool ends with it, before the caller's next step
+    thread.join()  # its OpenMP pool goes as the thread exits
     if "error" in box:
         raise box["error"]
     return box["result"]
+
+
+def in_a_thread_of_its_own(fn: Callable[..., T]) -> Callable[..., T]:
+    """Decorates heavy torch work (a training run) so that every call runs `in_passing_thread`."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> T:
+        return in_passing_thread(fn, *args, **kwargs)
+
+    return call

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from agentdistill.openmp import in_passing_thread
+from agentdistill.openmp import in_a_thread_of_its_own, in_passing_thread
 
 
 def _threads() -> int:
@@ -22,6 +22,13 @@ def test_the_result_and_the_error_come_back_from_a_thread_that_has_ended():
     assert ran_in[0] is not threading.current_thread() and not ran_in[0].is_alive()
     with pytest.raises(ValueError, match="bad spec"):
         in_passing_thread(lambda: (_ for _ in ()).throw(ValueError("bad spec")))
+
+    @in_a_thread_of_its_own
+    def train(steps: int, lr: float = 0.1) -> tuple:
+        return threading.current_thread(), steps * lr
+
+    ran_on, result = train(3, lr=0.5)
+    assert train.__name__ == "train" and result == 1.5 and ran_on is not threading.current_thread()
 
 
 def test_torch_work_leaves_no_openmp_pool_behind():

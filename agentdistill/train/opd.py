@@ -31,7 +31,7 @@ from agentdistill.agents.rollout import first_variations
 from agentdistill.agents.runner import EnvPool, EpisodeSpec, Runner
 from agentdistill.envs import Task, make
 from agentdistill.errors import AgentDistillError, ConfigError
-from agentdistill.openmp import in_passing_thread
+from agentdistill.openmp import in_a_thread_of_its_own
 from agentdistill.store.store import Store
 from agentdistill.train.context import (SkillBandit, demo_context, expert_trajectories, load_skill_file,
                                         trajectory_skills)
@@ -421,6 +421,6 @@ class OPDTrainer:
         return stats
 
 
+@in_a_thread_of_its_own  # its OpenMP pool must not slow later generation (openmp.py)
 def train_opd(store: Store, spec: OPDSpec, out: str | Path, hw: Hardware | None = None) -> OPDResult:
-    # in a thread that ends with the training, so its OpenMP pool does not slow later generation (openmp.py)
-    return in_passing_thread(lambda: OPDTrainer(store, spec, hw).train(out))
+    return OPDTrainer(store, spec, hw).train(out)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentdistill.openmp import in_passing_thread
+from agentdistill.openmp import in_a_thread_of_its_own
 from agentdistill.store.store import Store
 from agentdistill.train.model import Hardware, LoraSpec, load_student, record_checkpoint, save_student, spec_dict
 
@@ -93,14 +93,9 @@ def sft_trainer(dataset, spec: SFTSpec, hw: Hardware, output_dir: Path, extra_ar
     return trainer
 
 
+@in_a_thread_of_its_own  # its OpenMP pool must not slow later generation (openmp.py)
 def train_sft(store: Store, dataset, out: str | Path, spec: SFTSpec, hw: Hardware | None = None,
               dataset_id: int | None = None) -> SFTResult:
-    # in a thread that ends with the training, so its OpenMP pool does not slow later generation (openmp.py)
-    return in_passing_thread(_train_sft, store, dataset, out, spec, hw, dataset_id)
-
-
-def _train_sft(store: Store, dataset, out: str | Path, spec: SFTSpec, hw: Hardware | None,
-               dataset_id: int | None) -> SFTResult:
     hw = hw or Hardware.pick()
     out = Path(out)
     trainer = sft_trainer(dataset, spec, hw, out.with_name(out.name + ".trainer"))

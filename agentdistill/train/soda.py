@@ -31,7 +31,7 @@ from agentdistill.agents.parsing import parse_for
 from agentdistill.agents.policies import SYSTEM_PROMPT, Turn, action_text, render_messages, system_message
 from agentdistill.envs.registry import env_class
 from agentdistill.errors import AgentDistillError
-from agentdistill.openmp import in_passing_thread
+from agentdistill.openmp import in_a_thread_of_its_own
 from agentdistill.store.models import Dataset
 from agentdistill.store.store import Store
 from agentdistill.train.data import EpisodeFilter
@@ -143,14 +143,9 @@ def build_preference_dataset(store: Store, episode_ids: list[int], out: Path, sp
     return dataset_id, ds, stats
 
 
+@in_a_thread_of_its_own  # its OpenMP pool must not slow later generation (openmp.py)
 def train_soda(store: Store, episode_ids: list[int], out: str | Path, spec: SODASpec, hw: Hardware | None = None,
                say: Callable[[str], None] = log.info) -> SODAResult:
-    # in a thread that ends with the training, so its OpenMP pool does not slow later generation (openmp.py)
-    return in_passing_thread(_train_soda, store, episode_ids, out, spec, hw, say)
-
-
-def _train_soda(store: Store, episode_ids: list[int], out: str | Path, spec: SODASpec, hw: Hardware | None,
-                say: Callable[[str], None]) -> SODAResult:
     from transformers import PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
