@@ -7,14 +7,19 @@ evaluation), there are more OpenMP threads than cores, and libgomp cuts every sp
 workers sleep and wake at each of the many small kernels of a decoding step. Measured here: batched
 SmolLM2 generation 21.6 tokens/s after the weights were loaded in the main thread, 17.5 after some
 matmuls there, 25.9 with that work done in a thread that had ended (its pool ends with it).
+
+For the same reason every in-process model generates on one long-lived thread: two models with a batcher
+thread each (a cascade's local student and local teacher) would be two pools.
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
+import queue
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -58,3 +63,38 @@ def in_a_thread_of_its_own(fn: Callable[..., T]) -> Callable[..., T]:
         return in_passing_thread(fn, *args, **kwargs)
 
     return call
+
+
+_jobs: queue.SimpleQueue | None = None
+_generation_start = threading.Lock()
+_here = threading.local()
+
+
+def on_the_generation_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """`fn(*args, **kwargs)` run on the one thread that runs every in-process model's generation (started on
+    first use, for the life of the process), so that only it keeps an OpenMP pool; called from that thread,
+    it runs in place. Calls from several threads run one after another, as they would on the same cores."""
+    global _jobs
+    if getattr(_here, "generating", False):
+        return fn(*args, **kwargs)
+    with _generation_start:
+        if _jobs is None:
+            _jobs = queue.SimpleQueue()
+            # a daemon: the process never waits at exit for generations nobody will read
+            threading.Thread(target=_generate_forever, args=(_jobs,), name="agentdistill-generate", daemon=True).start()
+    future: Future = Future()
+    _jobs.put((future, fn, args, kwargs))
+    return future.result()
+
+
+def _generate_forever(jobs: queue.SimpleQueue) -> None:
+    _here.generating = True
+    while True:
+        _run(*jobs.get())  # in a call of its own: nothing of a finished job (a model's weights) stays referenced
+
+
+def _run(future: Future, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    try:
+        future.set_result(fn(*args, **kwargs))
+    except BaseException as e:  # the caller raises it; this thread lives on
+        future.set_exception(e)

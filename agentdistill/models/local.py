@@ -26,7 +26,7 @@ from agentdistill.models.cost import Price, resolve_price
 from agentdistill.models.batch_invariance import make_batch_invariant
 from agentdistill.models.prefix_cache import PrefixCache
 from agentdistill.models.prefix_cache import supports as prefix_cache_supported
-from agentdistill.openmp import in_passing_thread
+from agentdistill.openmp import in_passing_thread, on_the_generation_thread
 from agentdistill.paths import cache_dir
 
 # name -> (pip package that ships the GGUF, file inside it)
@@ -156,10 +156,11 @@ class _Loaded:
 
     def batcher(self, max_batch: int) -> Batcher:
         """The weights' request batcher, started on first use; each batch is answered by the LocalModel
-        that sent it (they may differ in id, price, top_p)."""
+        that sent it (they may differ in id, price, top_p), on the thread every model generates on."""
         with _Loaded._cache_lock:
             if getattr(self, "_batcher", None) is None:
-                self._batcher = Batcher(lambda batch: batch[0].owner._generate(batch), max_batch)
+                self._batcher = Batcher(lambda batch: on_the_generation_thread(batch[0].owner._generate, batch),
+                                        max_batch)
             return self._batcher
 
     @classmethod
@@ -244,7 +245,7 @@ class LocalModel(ChatModel):
     def complete(self, messages: list[Message], n=1, temperature=0.0, max_tokens=256, stop=None):
         request = Request(messages, n, temperature, max_tokens, tuple(stop or ()), owner=self)
         if not self.batching:
-            return self._generate([request])[0]
+            return on_the_generation_thread(self._generate, [request])[0]
         try:
             return self._loaded.batcher(self.max_batch).submit(request)
         except BatcherClosed:  # released between the two: the next batcher() starts a new one
