@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -85,6 +86,15 @@ def on_the_generation_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) ->
     future: Future = Future()
     _jobs.put((future, fn, args, kwargs))
     return future.result()
+
+
+def _forget_the_thread() -> None:
+    """In a forked child the thread does not exist: its first generation starts a new one."""
+    global _jobs, _generation_start
+    _jobs, _generation_start = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_the_thread)
 
 
 def _generate_forever(jobs: queue.SimpleQueue) -> None:

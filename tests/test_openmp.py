@@ -70,3 +70,25 @@ def test_ctrl_c_stops_the_work_inside_its_thread_and_reaches_the_caller():
     with pytest.raises(KeyboardInterrupt):
         in_passing_thread(training)
     assert seen == ["stopped inside"] and time.monotonic() - t0 < 5
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_starts_its_own_generation_thread():
+    """A child forked after generation started has no such thread: it must start one, not wait forever."""
+    from agentdistill.openmp import on_the_generation_thread
+
+    on_the_generation_thread(threading.current_thread)  # the thread is up in the parent
+    pid = os.fork()
+    if pid == 0:  # the child: exits 0 only if its call is answered, by a thread of its own
+        code = 1
+        try:
+            box = []
+            t = threading.Thread(target=lambda: box.append(on_the_generation_thread(threading.current_thread)),
+                                 daemon=True)
+            t.start()
+            t.join(10)
+            code = 0 if box and box[0].name == "agentdistill-generate" else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
