@@ -94,7 +94,8 @@ def _forget_the_thread() -> None:
     _jobs, _generation_start = None, threading.Lock()
 
 
-os.register_at_fork(after_in_child=_forget_the_thread)
+if hasattr(os, "register_at_fork"):  # not on Windows, which has no fork
+    os.register_at_fork(after_in_child=_forget_the_thread)
 
 
 def _generate_forever(jobs: queue.SimpleQueue) -> None:

@@ -156,11 +156,10 @@ class _Loaded:
 
     def batcher(self, max_batch: int) -> Batcher:
         """The weights' request batcher, started on first use; each batch is answered by the LocalModel
-        that sent it (they may differ in id, price, top_p), on the thread every model generates on."""
+        that sent it (they may differ in id, price, top_p)."""
         with _Loaded._cache_lock:
             if getattr(self, "_batcher", None) is None:
-                self._batcher = Batcher(lambda batch: on_the_generation_thread(batch[0].owner._generate, batch),
-                                        max_batch)
+                self._batcher = Batcher(lambda batch: batch[0].owner._generate(batch), max_batch)
             return self._batcher
 
     @classmethod
@@ -245,13 +244,18 @@ class LocalModel(ChatModel):
     def complete(self, messages: list[Message], n=1, temperature=0.0, max_tokens=256, stop=None):
         request = Request(messages, n, temperature, max_tokens, tuple(stop or ()), owner=self)
         if not self.batching:
-            return on_the_generation_thread(self._generate, [request])[0]
+            return self._generate([request])[0]
         try:
             return self._loaded.batcher(self.max_batch).submit(request)
         except BatcherClosed:  # released between the two: the next batcher() starts a new one
             return self._loaded.batcher(self.max_batch).submit(request)
 
     def _generate(self, requests: list[Request]) -> list[list[Completion]]:
+        """`_generate_here` on the one thread every in-process model generates on, whoever asks (a batcher, an
+        unbatched caller): torch then keeps a single OpenMP pool (openmp.py)."""
+        return on_the_generation_thread(self._generate_here, requests)
+
+    def _generate_here(self, requests: list[Request]) -> list[list[Completion]]:
         """One generate call for requests sharing sampling settings and stop strings: prompts are
         left-padded; each request gets its own max_tokens, n samples, token counts and cost."""
         import torch
