@@ -66,6 +66,13 @@ def test_export_jsonl_and_hf(db_url, tmp_path):
     store.close()
 
 
+def test_the_recorded_head_revision_is_the_migration_scripts_head():
+    """Opening a store compares the database with db.HEAD_REVISION instead of reading the scripts (Alembic is
+    imported only to migrate): a new migration must move it too."""
+    assert db.head_revision() == db.scripts_head_revision(), (
+        f"a migration was added: set db.HEAD_REVISION to {db.scripts_head_revision()!r}")
+
+
 def test_fresh_db_is_at_head_and_old_schema_is_refused(db_url):
     store = Store.open(db_url)
     assert db.current_revision(store.engine) == db.head_revision()

@@ -19,8 +19,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
 from agentdistill.agents.policies import EpisodeContext, EpisodeOver, Policy, Turn
 from agentdistill.envs.base import Env, Task
 from agentdistill.errors import ModelError
@@ -151,6 +149,8 @@ class Runner:
         existing = self.store.episodes_by_plan(self.run_id)
         todo = [s for s in plan if self._pending(existing.get(s.plan_index))]
         sem = asyncio.Semaphore(concurrency)
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
         with Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),

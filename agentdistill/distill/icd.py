@@ -19,13 +19,14 @@ import shutil
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Literal
 
 from agentdistill.errors import AgentDistillError
 from agentdistill.store.models import Dataset
 from agentdistill.store.store import Store
+
+if TYPE_CHECKING:  # numpy is imported where an index is built, loaded or searched: every policy module imports
+    import numpy as np  # this one, and a process that plays without demos (a Ray env actor) needs none
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,8 @@ class DemoIndex:
         tasks: list[str] | None = None,
         method: Literal["auto", "dense", "bm25"] = "auto",
     ) -> DemoIndex:
+        import numpy as np
+
         ids = store.successful_episode_ids("teacher", env, runs, split, tasks)
         eps = store.episodes(ids=ids, with_steps=True) if ids else []
         if not eps:
@@ -172,6 +175,8 @@ class DemoIndex:
         meta = json.loads((path / "meta.json").read_text())
         vectors = bm25 = None
         if meta["method"] == "dense":
+            import numpy as np
+
             vectors = np.load(path / "vectors.npy")
         else:
             import bm25s
@@ -214,6 +219,8 @@ class DemoIndex:
 
     # ---- search ---------------------------------------------------------------------------------
     def scores(self, query: str) -> np.ndarray:
+        import numpy as np
+
         if self.vectors is not None:
             q = encoder(self.meta["encoder"]).encode([query], normalize_embeddings=True, show_progress_bar=False)[0]
             return self.vectors @ q
@@ -226,6 +233,8 @@ class DemoIndex:
         self, goal: str, observation: str, recent_actions: list[str], k: int = 3, unit: Unit = "window", window: int = 2
     ) -> list[Demo]:
         """Top-k demos from k different teacher episodes, best first."""
+        import numpy as np
+
         scores = self.scores(key_text(goal, observation, recent_actions))
         demos: list[Demo] = []
         seen: set[int] = set()

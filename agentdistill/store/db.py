@@ -9,11 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
@@ -22,6 +18,9 @@ from agentdistill.secrets import register as register_secret
 
 DEFAULT_DB = "agentdistill.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
+# The newest migration's revision: opening a store compares it with the database's, without importing Alembic
+# (a tenth of a second in every process, each Ray env actor included). A test checks it against the scripts.
+HEAD_REVISION = "0004"
 
 
 def resolve_url(db: str | None) -> str:
@@ -99,7 +98,9 @@ def write_engine(engine: Engine) -> Engine:
     return create_engine(engine.url, pool_pre_ping=False, isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
 
 
-def alembic_config(engine: Engine) -> Config:
+def alembic_config(engine: Engine):
+    from alembic.config import Config  # only to migrate (see HEAD_REVISION)
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
@@ -107,18 +108,34 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def head_revision() -> str:
+    return HEAD_REVISION
+
+
+def scripts_head_revision() -> str:
+    """The head as Alembic reads it from the migration scripts (what HEAD_REVISION must equal)."""
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config(create_engine("sqlite://"))).get_current_head()
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The database's schema revision, as Alembic records it (None for a database it never migrated)."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        if not inspect(conn).has_table("alembic_version"):
+            return None
+        versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    if len(versions) > 1:  # agentdistill's history is linear: several heads is not its store
+        raise ConfigError(f"the store records several schema revisions ({', '.join(sorted(versions))}): "
+                          "point --db at an agentdistill store")
+    return versions[0] if versions else None
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
     """Migrate to `revision` in one transaction. On SQLite, foreign keys are off meanwhile: Alembic's batch
     mode rebuilds a table (create, copy, drop, rename), and dropping the old `episodes` with foreign keys on
     would cascade-delete every step. The keys are checked again before the transaction commits."""
+    from alembic import command
+
     cfg = alembic_config(engine)
     with engine.connect() as conn:
         sqlite = engine.dialect.name == "sqlite"
