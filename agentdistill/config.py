@@ -109,6 +109,10 @@ class RunnerSpec(_Strict):
     cpus_per_episode: float = Field(1.0, ge=0)  # ray: CPUs each env actor reserves (a ScienceWorld JVM: 1)
     gpus_per_episode: float = Field(0.0, ge=0)  # ray: e.g. 1 for a local/... student on GPU nodes
     resources: dict[str, float] = {}  # ray: custom resources per env actor, e.g. { scienceworld = 1 }
+    # how long a run's env instances (in this process, or in Ray actors) stay up, idle, for this process's next run
+    # on the same env (and store): a pipeline's collect runs and eval arms skip their starts. On Ray they hold their
+    # CPUs meanwhile. 0: closed with their run
+    keep_envs_s: float = Field(60.0, ge=0)
 
     @model_validator(mode="after")
     def _ray_options_need_ray(self) -> RunnerSpec:
@@ -119,7 +123,7 @@ class RunnerSpec(_Strict):
 
 # where a run's episodes are played, not what they are: kept out of pipeline stages' input keys, so a stage
 # finished on one executor is reused on another (and keys recorded before these options existed still match)
-PLACEMENT = frozenset({"executor", "address", "cpus_per_episode", "gpus_per_episode", "resources"})
+PLACEMENT = frozenset({"executor", "address", "cpus_per_episode", "gpus_per_episode", "resources", "keep_envs_s"})
 
 
 # ---- pipeline stages (collect -> distill -> eval -> report) ----------------------------------------

@@ -22,6 +22,18 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _no_env_kept_between_tests():
+    """Env instances a test's runs kept (runner.keep_envs_s) end with it: the next test starts its own (a test
+    may count starts, or wrap its env class)."""
+    yield
+    import sys
+
+    for module, kept in (("agentdistill.agents.rollout", "KEPT_ENVS"), ("agentdistill.agents.ray_executor", "KEPT_ACTORS")):
+        if module in sys.modules:
+            getattr(sys.modules[module], kept).stop_all()
+
+
 @pytest.fixture(scope="session")
 def pg_url():
     """A throwaway PostgreSQL server on 127.0.0.1 (apt: postgresql), or a skip saying why."""

@@ -376,6 +376,64 @@ def test_the_driver_starts_no_env_the_actors_list_the_tasks(cluster, pg, tmp_pat
     assert not [r for r in store.list_runs() if r["run"].name == "bad-task"]
 
 
+@pytest.mark.ray
+@pytest.mark.postgres
+def test_env_actors_are_kept_for_the_next_run_and_stopped_when_idle_or_needed(cluster, pg, monkeypatch):
+    """A run's actors wait, idle, for this process's next run on the same env and store, which plays on them
+    instead of starting new ones; they are stopped when a Ray task of this process needs the CPUs, and after
+    `keep_envs_s` idle."""
+    from agentdistill.agents import ray_executor
+    from agentdistill.agents.rollout import connect_executor, run_recipe
+    from agentdistill.config import parse_recipe
+
+    for k, v in RAY_ENV.items():
+        monkeypatch.setenv(k, v)
+    store = Store.open(pg)
+
+    def run(name: str, keep: float) -> set[int]:
+        recipe = parse_recipe({"name": name, "env": {"name": "textworld", "split": "train", "tasks": ["easy", "medium"],
+                                                    "variations": 2}, "teacher": {"policy": "expert"},
+                               "runner": {"concurrency": 2, "max_steps": 40, "executor": "ray",
+                                          "address": cluster.address, "keep_envs_s": keep}})
+        eps = store.episodes(run_id=run_recipe(store, recipe, progress=False), with_calls=False)
+        assert len(eps) == 4 and all(e.status == "done" and e.success for e in eps)
+        return {e.metrics["ray"]["pid"] for e in eps}
+
+    def wait_gone(pids: set[int], timeout: float = 60) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline and any(_alive(p) for p in pids):
+            time.sleep(0.5)
+        assert not any(_alive(p) for p in pids), f"env actors {pids} still run"
+
+    try:
+        first = run("keep-1", 60)
+        second = run("keep-2", 60)
+        assert second <= first  # the second run played on the first run's actors
+        assert all(_alive(p) for p in first) and len(ray_executor.KEPT_ACTORS) == len(first)
+        # a Ray task of this process (Trace2Skill's analysts, SPARK's tasks) needs the CPUs: they are stopped first
+        ray_executor.fan_out(connect_executor(store, parse_recipe(
+            {"teacher": {"policy": "expert"}, "runner": {"executor": "ray", "address": cluster.address}})),
+            ray_executor.where, [()])
+        assert not ray_executor.KEPT_ACTORS
+        wait_gone(first)
+        third = run("keep-3", 1)  # new actors, kept for a second only
+        assert not third & first
+        wait_gone(third)
+        assert not ray_executor.KEPT_ACTORS
+    finally:
+        ray_executor.KEPT_ACTORS.stop_all()
+        ray.shutdown()
+        store.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").exists() and " Z " not in Path(f"/proc/{pid}/stat").read_text()
+
+
 def test_sqlite_store_with_a_remote_cluster_is_refused_in_one_line(tmp_path):
     recipe = _recipe(tmp_path, "ray", "10.255.255.1:6379", variations=1)
     p = _cli("run", str(recipe), "--db", str(tmp_path / "s.db"), "--no-progress", timeout=300)

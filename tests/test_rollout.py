@@ -179,3 +179,78 @@ def test_resume_continues_an_interrupted_episode_by_replaying_its_steps(tmp_path
         # other not: both must walk the same gold path, at most one step apart.
         n = min(len(full), len(again_actions))
         assert again_actions[:n] == full[:n] and abs(len(full) - len(again_actions)) <= 1, (full, again_actions)
+
+
+class _Counted:
+    """Starts and closes of every instance of a wrapped env class, across the process."""
+
+    started: list = []
+    closed: list = []
+
+
+def _counted_textworld():
+    from agentdistill.envs.textworld import TextWorldEnv
+
+    class Counted(TextWorldEnv):
+        name = "textworld"
+
+        def __init__(self, **kw):
+            super().__init__(**kw)
+            _Counted.started.append(self)
+
+        def reset(self, *args, **kwargs):
+            self._resetting = True  # TextWorld's reset closes the previous game
+            try:
+                return super().reset(*args, **kwargs)
+            finally:
+                self._resetting = False
+
+        def close(self):
+            if not getattr(self, "_resetting", False):
+                _Counted.closed.append(self)
+            super().close()
+
+    return Counted
+
+
+def test_a_local_run_keeps_its_envs_for_the_next_run_of_the_process(monkeypatch, tmp_path):
+    """runner.keep_envs_s: a run's idle env instances wait for this process's next run on the same env, which
+    plays on them instead of starting new ones; they are closed after keep_envs_s idle, at once with 0, and
+    when a run starts another env."""
+    from agentdistill.agents.rollout import KEPT_ENVS
+    from agentdistill.envs import registry
+
+    module = sys.modules[__name__]
+    module.Counted = _counted_textworld()
+    monkeypatch.setitem(registry._REGISTRY, "tw-counted", f"{__name__}:Counted")
+    monkeypatch.setattr(_Counted, "started", [])
+    monkeypatch.setattr(_Counted, "closed", [])
+    store = Store.open(str(tmp_path / "s.db"))
+
+    def run(keep: float, env: str = "tw-counted") -> None:
+        recipe = parse_recipe({"env": {"name": env, "split": "train", "tasks": ["easy"], "variations": 4},
+                               "teacher": {"policy": "expert"},
+                               "runner": {"concurrency": 2, "max_steps": 40, "keep_envs_s": keep}})
+        eps = store.episodes(run_id=run_recipe(store, recipe, progress=False), with_calls=False)
+        assert len(eps) == 4 and all(e.status == "done" and e.success for e in eps)
+
+    run(60)
+    assert len(_Counted.started) == 2 and not _Counted.closed and len(KEPT_ENVS) == 2
+    run(60)  # played on the first run's instances
+    assert len(_Counted.started) == 2 and not _Counted.closed and len(KEPT_ENVS) == 2
+    run(0)  # on them again, then closed with the run
+    assert len(_Counted.started) == 2 and len(_Counted.closed) == 2 and not len(KEPT_ENVS)
+    run(0.5)  # new instances, closed after half a second idle
+    assert len(_Counted.started) == 4 and len(KEPT_ENVS) == 2
+    deadline = time.time() + 30
+    while len(_Counted.closed) < 4 and time.time() < deadline:
+        time.sleep(0.1)
+    assert len(_Counted.closed) == 4 and not len(KEPT_ENVS)
+    run(60)
+    run(60, env="textworld")  # another env: the kept ones only hold memory now, and are closed
+    deadline = time.time() + 30
+    while len(_Counted.closed) < 6 and time.time() < deadline:
+        time.sleep(0.1)
+    assert len(_Counted.started) == 6 and len(_Counted.closed) == 6
+    assert len(KEPT_ENVS) == 2  # the plain TextWorld run's instances
+    store.close()

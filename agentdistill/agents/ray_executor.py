@@ -1,8 +1,9 @@
 """The Ray executor: a plan's episodes played by env instances living in Ray actors across a cluster.
 
 Each actor holds one env instance (a ScienceWorld JVM, a browser, ...) on some node, created once and
-reused across episodes; it builds the recipe's policies itself, so model calls happen where the episode
-runs (API models from any node; `local/...` models on the nodes that host the actor), and it writes each
+reused across episodes (and kept for the driver's next run on the same env and store: kept.py); it builds
+the recipe's policies itself, so model calls happen where the episode runs (API models from any node;
+`local/...` models on the nodes that host the actor), and it writes each
 step straight to the store (committed before the next action, as with the local executor). The driver
 keeps the plan, opens every attempt's row and schedules attempts on free actors under the run's
 concurrency. An actor that dies (its process, its env or its whole node) loses only the attempt it was
@@ -24,6 +25,7 @@ import socket
 import threading
 from typing import Any
 
+from agentdistill.agents.kept import Kept
 from agentdistill.agents.runner import EpisodeSpec, Executor, Runner
 from agentdistill.errors import AgentDistillError, ConfigError
 from agentdistill.secrets import redact
@@ -132,19 +134,35 @@ class RayCluster:
 
 
 class _EnvActor:
-    """One env instance on some node, playing attempts for one run (made a Ray actor by `RayExecutor`)."""
+    """One env instance on some node, playing attempts for one run, then kept for this driver's next run on the
+    same env and store (made a Ray actor by `RayExecutor`)."""
 
     def __init__(self, store_url: str, recipe: dict[str, Any], max_steps: dict[str, int]):
-        from agentdistill.agents.rollout import build_policies
-        from agentdistill.config import parse_recipe
         from agentdistill.store.store import Store
 
-        self.recipe = parse_recipe(recipe, "recipe of the run")
         self.store = Store.open(store_url, migrate_fresh=False, create=False)
+        self.env = None
+        self._bind(recipe, max_steps)
+
+    def _bind(self, recipe: dict[str, Any], max_steps: dict[str, int]) -> None:
+        from agentdistill.agents.rollout import build_policies
+        from agentdistill.config import parse_recipe
+
+        self.recipe = parse_recipe(recipe, "recipe of the run")
+        self.runner = None  # an earlier run's policies (a local model) go before this run's load
         policies = build_policies(self.store, self.recipe)
         # it only plays attempts whose rows the driver opened (it may start before the run exists)
         self.runner = Runner(self.store, None, policies, max_steps)
-        self.env = None
+
+    def rebind(self, recipe: dict[str, Any], max_steps: dict[str, int]) -> str:
+        """Play for another run of the same env and store (a kept actor, see kept.py): that run's policies,
+        this actor's env. Returns this actor's node id, as `warm` does."""
+        self._bind(recipe, max_steps)
+        return self.warm()
+
+    def park(self) -> None:
+        """Wait idle for a next run: the finished run's policies (a local model, a demo index) are let go."""
+        self.runner = None
 
     def _start(self) -> None:
         if self.env is None:
@@ -198,6 +216,64 @@ class _EnvActor:
 
 
 MAX_STARTS = 8  # tries to get a new actor up for one slot before the episode waiting for it fails
+CLOSE_WAIT_S = 30.0  # how long stopping actors waits for their envs to close before killing them
+
+
+def _stop_actors(actors: list, wait: bool = True) -> None:
+    """Close each actor's env and store, then kill it (a JVM or browser is shut down, not orphaned). `wait=False`:
+    the closing goes on in a background thread (the caller only needs their resources back, soon)."""
+    if not actors:
+        return
+    ray = _ray()
+    closing = []
+    for actor in actors:
+        try:
+            closing.append(actor.close.remote())
+        except Exception as e:  # a dead actor, or Ray shutting down
+            log.debug("closing an env actor: %s", e)
+
+    def finish() -> None:
+        try:
+            if closing:
+                ray.wait(closing, num_returns=len(closing), timeout=CLOSE_WAIT_S)
+        except Exception as e:
+            log.debug("closing env actors: %s", e)
+        finally:  # even on a second Ctrl-C while they close
+            for actor in actors:
+                try:
+                    ray.kill(actor, no_restart=True)
+                except Exception as e:
+                    log.debug("killing an env actor failed: %s", e)
+
+    if wait:
+        finish()
+    else:
+        threading.Thread(target=finish, name="agentdistill-stop-actors", daemon=True).start()
+
+
+def _actor_key(store_url: str, recipe: dict[str, Any], cluster: RayCluster) -> tuple:
+    """What an env actor can be reused for: its cluster connection, store, env and reservation. The job and
+    driver node ids change with every `ray.init`, so an actor of an earlier connection never matches."""
+    import json
+
+    context = _ray().get_runtime_context()
+    env = recipe["env"]
+    return (context.get_job_id(), context.get_node_id(), store_url, env["name"],
+            json.dumps(env.get("options") or {}, sort_keys=True, default=str), cluster.cpus, cluster.gpus,
+            json.dumps(cluster.resources or {}, sort_keys=True))
+
+
+def _stop_kept_actors(pairs: list[tuple[tuple, Any]], wait: bool) -> None:
+    ray = _ray()
+    if not ray.is_initialized():  # the connection they belonged to is gone, and they with it
+        return
+    job = ray.get_runtime_context().get_job_id()
+    _stop_actors([actor for key, actor in pairs if key[0] == job], wait=wait)
+
+
+# env actors kept after a run (`runner.keep_envs_s`); an idle one holds its CPUs, so `fan_out` and any new actor
+# of another kind stop them first
+KEPT_ACTORS = Kept("Ray env actor", _stop_kept_actors)
 
 
 class AttemptLost(AgentDistillError):
@@ -208,13 +284,17 @@ class RayExecutor(Executor):
     """Up to `size` env actors, spread over the cluster's nodes, created once and reused; a dead one is
     replaced by a fresh actor for the next episode."""
 
-    def __init__(self, cluster: RayCluster, recipe: dict[str, Any], max_steps: dict[str, int], size: int):
+    def __init__(self, cluster: RayCluster, recipe: dict[str, Any], max_steps: dict[str, int], size: int,
+                 keep_envs_s: float = 0.0):
         ray = _ray()
         self.cluster = cluster
         self._actor_cls = ray.remote(_EnvActor).options(
             num_cpus=cluster.cpus, num_gpus=cluster.gpus, resources=cluster.resources or None,
             scheduling_strategy="SPREAD", max_restarts=0, max_concurrency=1)
         self._args = (cluster.store_url, recipe, max_steps)
+        self._key = _actor_key(cluster.store_url, recipe, cluster)
+        self.keep_envs_s = keep_envs_s
+        self.reused = 0  # actors taken from an earlier run of this process
         self._free: asyncio.Queue = asyncio.Queue()
         self._all: list[Any] = []
         self.lost = 0  # actors that died under an attempt
@@ -224,7 +304,14 @@ class RayExecutor(Executor):
             self._free.put_nowait(self._new())  # all start now, in parallel
 
     def _new(self) -> tuple[Any, Any]:
-        """A new actor and the reference that answers once it is up (it starts its env meanwhile)."""
+        """An actor kept from an earlier run of this process on the same env and store, else a new one, and the
+        reference that answers once it is up (it starts its env meanwhile)."""
+        actor = KEPT_ACTORS.take(self._key)
+        if actor is not None:
+            self.reused += 1
+            self._all.append(actor)
+            return actor, actor.rebind.remote(*self._args[1:])
+        KEPT_ACTORS.stop_others(self._key)  # idle actors for other envs or stores hold resources this one may need
         actor = self._actor_cls.remote(*self._args)
         self._all.append(actor)
         return actor, actor.warm.remote()
@@ -303,21 +390,37 @@ class RayExecutor(Executor):
             log.debug("killing a lost actor failed: %s", e)
 
     def close(self) -> None:
-        ray = _ray()
-        closing = []
-        for actor in self._all:
-            closing.append(actor.close.remote())
+        """Keep the actors that are up and idle for the next run (`keep_envs_s`); stop the others (still
+        starting, or mid-episode in a run that was interrupted)."""
+        idle = []
+        while not self._free.empty():
+            actor, ready = self._free.get_nowait()
+            if actor in self._all and _is_up(ready):
+                idle.append(actor)
+        if self.keep_envs_s <= 0 or self.fatal:
+            idle = []
+        others = [actor for actor in self._all if actor not in idle]
+        self._all.clear()
         try:
-            ray.wait(closing, num_returns=len(closing), timeout=30)
-        except Exception as e:
-            log.debug("closing env actors: %s", e)
-        finally:  # even on a second Ctrl-C while they close
-            for actor in self._all:
-                try:
-                    ray.kill(actor, no_restart=True)
-                except Exception as e:
-                    log.debug("killing an env actor failed: %s", e)
-            self._all.clear()
+            for actor in idle:
+                actor.park.remote()  # before it is kept: a next run's `rebind` comes after it
+            KEPT_ACTORS.put(self._key, idle, self.keep_envs_s)
+        finally:
+            _stop_actors(others)
+
+
+def _is_up(ready) -> bool:
+    """Whether an actor's start (`warm` / `rebind`) has answered without error (None: it already played)."""
+    if ready is None:
+        return True
+    ray = _ray()
+    try:
+        done, _ = ray.wait([ready], timeout=0)
+        if done:
+            ray.get(done[0])
+        return bool(done)
+    except Exception:
+        return False
 
 
 def _cause(e: BaseException) -> str:
@@ -341,6 +444,7 @@ def fan_out(cluster: RayCluster, fn, items: list[tuple]) -> list[Any]:
     SPARK tasks). `fn` must be importable on the nodes and write only through the store; a task whose
     worker dies is run once more (SPARK's episodes resume from the store, analysts start over)."""
     ray = _ray()
+    KEPT_ACTORS.stop_others()  # env actors kept from a run hold the CPUs these tasks need
     remote = ray.remote(fn).options(num_cpus=cluster.cpus, num_gpus=cluster.gpus, resources=cluster.resources or None,
                                     scheduling_strategy="SPREAD", max_retries=1)
     refs = [remote.remote(*item) for item in items]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 from collections import defaultdict
 from collections.abc import Callable
 
 from agentdistill.agents.cascade import CascadePolicy
 from agentdistill.agents.policies import ExpertPolicy, LLMPolicy, Policy
 from agentdistill.distill.icd import DemoIndex, Retrieval
+from agentdistill.agents.kept import Kept
 from agentdistill.agents.runner import EnvPool, Executor, LocalExecutor, Runner, _close_quietly, make_plan
 from agentdistill.config import PolicySpec, Recipe, parse_recipe
 from agentdistill.envs import Env, Task, make
@@ -99,10 +102,35 @@ def first_variations(env: Env, split: str, names: list[str] | None, variations: 
     return tasks
 
 
+def _close_envs(pairs: list[tuple], wait: bool) -> None:
+    envs = [env for _, env in pairs]
+    if wait:
+        _close_quietly(*envs)
+    else:
+        threading.Thread(target=_close_quietly, args=envs, name="agentdistill-close-envs", daemon=True).start()
+
+
+# env instances of local runs kept for this process's next run on the same env (`runner.keep_envs_s`)
+KEPT_ENVS = Kept("env", _close_envs)
+
+
+def env_key(recipe: Recipe) -> tuple:
+    return recipe.env.name, json.dumps(recipe.env.options, sort_keys=True, default=str)
+
+
+def kept_or_new_env(recipe: Recipe) -> Env:
+    """An env instance an earlier local run of this process kept for the same env, else a new one."""
+    env = KEPT_ENVS.take(env_key(recipe))
+    if env is None:
+        KEPT_ENVS.stop_others(env_key(recipe))  # kept instances of another env would only hold memory now
+        env = start_env(recipe.env.name, recipe.env.options)
+    return env
+
+
 def open_env(recipe: Recipe) -> Env:
-    """Start the recipe's environment and check that its split and tasks exist: one line on any problem,
-    before anything is written to the store."""
-    env = start_env(recipe.env.name, recipe.env.options)
+    """Start the recipe's environment (or take a kept instance) and check that its split and tasks exist: one
+    line on any problem, before anything is written to the store."""
+    env = kept_or_new_env(recipe)
     try:
         select_tasks(env, recipe)
     except BaseException:
@@ -185,7 +213,7 @@ def _policies_and_actors(store: Store, recipe: Recipe) -> tuple[dict[str, Policy
 
     policies = build_policies(store, recipe)
     return policies, RayExecutor(cluster, recipe.model_dump(mode="json"), max_steps_per_role(recipe),
-                                 recipe.runner.concurrency)
+                                 recipe.runner.concurrency, recipe.runner.keep_envs_s)
 
 
 def max_steps_per_role(recipe: Recipe) -> dict[str, int]:
@@ -215,8 +243,8 @@ def _execute(store: Store, run_id: str, recipe: Recipe, policies: dict[str, Poli
             first.close()
             first = None
         if executor is None:
-            executor = LocalExecutor(EnvPool(lambda: start_env(recipe.env.name, recipe.env.options),
-                                             recipe.runner.concurrency, first))
+            executor = LocalExecutor(EnvPool(lambda: kept_or_new_env(recipe), recipe.runner.concurrency, first),
+                                     keep=lambda envs: KEPT_ENVS.put(env_key(recipe), envs, recipe.runner.keep_envs_s))
         runner = Runner(store, run_id, policies, max_steps_per_role(recipe), recipe.runner.max_attempts)
         asyncio.run(runner.run(plan, executor, recipe.runner.concurrency, progress=progress))
     except BaseException:

@@ -72,10 +72,19 @@ class EnvPool:
         else:
             self._free.put_nowait(env)
 
-    def close(self) -> None:
-        for env in self._all:
-            _close_quietly(env)
-        self._all.clear()
+    def close(self, keep: Callable[[list[Env]], None] | None = None) -> None:
+        """Close every instance, or hand the idle ones (none broken, none mid-episode) to `keep`."""
+        idle: list[Env] = []
+        while keep is not None and not self._free.empty():
+            env = self._free.get_nowait()
+            if env is not None:
+                idle.append(env)
+        try:
+            if idle:
+                keep(idle)
+        finally:
+            _close_quietly(*[env for env in self._all if not any(env is kept for kept in idle)])
+            self._all.clear()
 
 
 def _close_quietly(*things) -> None:
@@ -105,8 +114,9 @@ class Executor(ABC):
 class LocalExecutor(Executor):
     """Attempts played in this process, on env instances from an EnvPool."""
 
-    def __init__(self, pool: EnvPool):
+    def __init__(self, pool: EnvPool, keep: Callable[[list[Env]], None] | None = None):
         self.pool = pool
+        self.keep = keep  # takes the pool's idle instances when the run ends (kept.py)
 
     async def play(self, runner: Runner, spec: EpisodeSpec, episode_id: int, attempt: int) -> str:
         env = await self.pool.acquire()  # a failed start is the attempt's error (the Runner records it)
@@ -118,7 +128,7 @@ class LocalExecutor(Executor):
             self.pool.release(env, broken=broken)
 
     def close(self) -> None:
-        self.pool.close()
+        self.pool.close(self.keep)
 
 
 class Runner:

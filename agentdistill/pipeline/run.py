@@ -109,16 +109,21 @@ def select(stages: list[StageDef], pattern: str, option: str) -> list[int]:
 def preflight(recipe: Recipe) -> None:
     """Start the environment and check every split and task the recipe names (collect and eval): one
     line on a problem, before the store is opened or anything is written."""
-    from agentdistill.agents.rollout import first_variations, start_env
+    from agentdistill.agents.rollout import KEPT_ENVS, env_key, first_variations, kept_or_new_env
 
-    env = start_env(recipe.env.name, recipe.env.options)
+    env = kept_or_new_env(recipe)
     try:
         if recipe.collect is not None:
             first_variations(env, recipe.collect.split, recipe.collect.tasks or recipe.env.tasks,
                              recipe.collect.variations)
         if recipe.eval is not None:
             first_variations(env, recipe.env.split, recipe.env.tasks, recipe.eval.variations or recipe.env.variations)
-    finally:
+    except BaseException:
+        env.close()
+        raise
+    if recipe.runner.executor == "local":  # the first local run plays on it (its Ray actors start their own)
+        KEPT_ENVS.put(env_key(recipe), [env], recipe.runner.keep_envs_s)
+    else:
         env.close()
 
 
