@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -380,22 +381,25 @@ def test_the_driver_starts_no_env_the_actors_list_the_tasks(cluster, pg, tmp_pat
 @pytest.mark.postgres
 def test_env_actors_are_kept_for_the_next_run_and_stopped_when_idle_or_needed(cluster, pg, monkeypatch):
     """A run's actors wait, idle, for this process's next run on the same env and store, which plays on them
-    instead of starting new ones; they are stopped when a Ray task of this process needs the CPUs, and after
-    `keep_envs_s` idle."""
+    instead of starting new ones; they are stopped when a Ray task of this process needs the CPUs, after
+    `keep_envs_s` idle, and when the run is interrupted while they play (they are not idle then)."""
     from agentdistill.agents import ray_executor
     from agentdistill.agents.rollout import connect_executor, run_recipe
     from agentdistill.config import parse_recipe
+    from agentdistill.testing import OpenAIStub
 
     for k, v in RAY_ENV.items():
         monkeypatch.setenv(k, v)
     store = Store.open(pg)
 
+    def recipe(name: str, keep: float, **roles):
+        return parse_recipe({"name": name, "env": {"name": "textworld", "split": "train", "tasks": ["easy", "medium"],
+                                                  "variations": 2}, "teacher": {"policy": "expert"}, **roles,
+                             "runner": {"concurrency": 2, "max_steps": 40, "executor": "ray",
+                                        "address": cluster.address, "keep_envs_s": keep}})
+
     def run(name: str, keep: float) -> set[int]:
-        recipe = parse_recipe({"name": name, "env": {"name": "textworld", "split": "train", "tasks": ["easy", "medium"],
-                                                    "variations": 2}, "teacher": {"policy": "expert"},
-                               "runner": {"concurrency": 2, "max_steps": 40, "executor": "ray",
-                                          "address": cluster.address, "keep_envs_s": keep}})
-        eps = store.episodes(run_id=run_recipe(store, recipe, progress=False), with_calls=False)
+        eps = store.episodes(run_id=run_recipe(store, recipe(name, keep), progress=False), with_calls=False)
         assert len(eps) == 4 and all(e.status == "done" and e.success for e in eps)
         return {e.metrics["ray"]["pid"] for e in eps}
 
@@ -410,15 +414,37 @@ def test_env_actors_are_kept_for_the_next_run_and_stopped_when_idle_or_needed(cl
         second = run("keep-2", 60)
         assert second <= first  # the second run played on the first run's actors
         assert all(_alive(p) for p in first) and len(ray_executor.KEPT_ACTORS) == len(first)
+        # Ctrl-C while the kept actors play (a slow student: 1.5 s a step): they are stopped, not kept again
+        def interrupt_once_a_student_plays() -> None:
+            deadline = time.time() + 120
+            while time.time() < deadline and not _count(pg, (
+                    "SELECT 1 FROM episodes e JOIN runs r ON r.id = e.run_id WHERE r.name = 'keep-interrupted' "
+                    "AND e.role = 'student' AND e.status = 'running'")):
+                time.sleep(0.1)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        with OpenAIStub("Action: look", latency=1.5) as stub:
+            interrupter = threading.Thread(target=interrupt_once_a_student_plays)
+            interrupter.start()
+            with pytest.raises(KeyboardInterrupt):
+                run_recipe(store, recipe("keep-interrupted", 60, student={"model": "openai/stub",
+                                                                           "api_base": stub.url}), progress=False)
+            interrupter.join()
+        interrupted = next(r["run"] for r in store.list_runs() if r["run"].name == "keep-interrupted")
+        assert store.get_run(interrupted.id).status == "error"
+        assert not ray_executor.KEPT_ACTORS
+        wait_gone(first)
         # a Ray task of this process (Trace2Skill's analysts, SPARK's tasks) needs the CPUs: they are stopped first
+        third = run("keep-3", 60)
+        assert not third & first and len(ray_executor.KEPT_ACTORS) == len(third)
         ray_executor.fan_out(connect_executor(store, parse_recipe(
             {"teacher": {"policy": "expert"}, "runner": {"executor": "ray", "address": cluster.address}})),
             ray_executor.where, [()])
         assert not ray_executor.KEPT_ACTORS
-        wait_gone(first)
-        third = run("keep-3", 1)  # new actors, kept for a second only
-        assert not third & first
         wait_gone(third)
+        fourth = run("keep-4", 1)  # new actors, kept for a second only
+        assert not fourth & (first | third)
+        wait_gone(fourth)
         assert not ray_executor.KEPT_ACTORS
     finally:
         ray_executor.KEPT_ACTORS.stop_all()

@@ -26,70 +26,82 @@ class Kept:
     def __init__(self, what: str, stop: Callable[[list[tuple[Hashable, Any]], bool], None]):
         self.what = what
         self._stop_fn = stop
-        self._lock = threading.Condition()  # guards _kept and _sweeper; wakes the sweeper
+        self._changed = threading.Condition()  # guards what follows; wakes the sweeper
         self._kept: list[tuple[Hashable, Any, float]] = []  # (key, instance, stop after: time.monotonic())
         self._sweeper: threading.Thread | None = None  # stops expired instances; ends when none is kept
         self._exit_hook = False
+        self._exiting = False
 
     def __len__(self) -> int:
-        with self._lock:
+        with self._changed:
             return len(self._kept)
 
     def put(self, key: Hashable, instances: list, keep_s: float) -> None:
-        """Keep `instances` for `keep_s` seconds (0: stop them now)."""
+        """Keep `instances` for `keep_s` seconds (0, or once this process is exiting: stop them now)."""
         if not instances:
             return
-        if keep_s <= 0:
+        with self._changed:
+            keep = keep_s > 0 and not self._exiting
+            if keep:
+                self._kept += [(key, i, time.monotonic() + keep_s) for i in instances]
+                if not self._exit_hook:  # after Ray's own hook (registered at its import), so this one runs first
+                    atexit.register(self._at_exit)
+                    self._exit_hook = True
+                if self._sweeper is None:
+                    self._sweeper = threading.Thread(target=self._sweep, name=f"agentdistill-kept-{self.what}",
+                                                     daemon=True)
+                    self._sweeper.start()
+                self._changed.notify()
+        if not keep:
             self._stop_fn([(key, i) for i in instances], True)
-            return
-        with self._lock:
-            self._kept += [(key, i, time.monotonic() + keep_s) for i in instances]
-            if not self._exit_hook:  # after Ray's own hook (registered at its import), so this one runs first
-                atexit.register(self.stop_all)
-                self._exit_hook = True
-            if self._sweeper is None:
-                self._sweeper = threading.Thread(target=self._sweep, name=f"agentdistill-kept-{self.what}",
-                                                 daemon=True)
-                self._sweeper.start()
-            self._lock.notify()
-
-    def _sweep(self) -> None:
-        with self._lock:
-            while self._kept:
-                due = min(deadline for _, _, deadline in self._kept) - time.monotonic()
-                if due > 0:
-                    self._lock.wait(due)
-                    continue
-                now = time.monotonic()
-                self._lock.release()  # stopping takes a while (a JVM closing): takers and keepers go on meanwhile
-                try:
-                    self._stop(lambda _, deadline: deadline <= now, wait=True)
-                finally:
-                    self._lock.acquire()
-            self._sweeper = None
 
     def take(self, key: Hashable) -> Any | None:
         """A kept instance for `key`, no longer kept; None if there is none."""
-        with self._lock:
+        with self._changed:
             for n, (k, instance, _) in enumerate(self._kept):
                 if k == key:
                     del self._kept[n]
-                    log.debug("reusing a kept %s", self.what)
                     return instance
         return None
 
-    def stop_others(self, key: Hashable | None = None) -> None:
-        """Stop, in the background, every kept instance not for `key` (None: all): the caller is about to start
-        instances (or Ray tasks) that need what they hold."""
-        self._stop(lambda k, _: key is None or k != key, wait=False)
+    def stop_others(self, key: Hashable) -> None:
+        """Stop, in the background, every kept instance not for `key`: the caller is about to start instances
+        that need what they hold."""
+        self._stop(lambda k, _: k != key, wait=False)
 
-    def stop_all(self) -> None:
-        self._stop(lambda *_: True, wait=True)
+    def stop_all(self, wait: bool = True) -> None:
+        self._stop(lambda *_: True, wait=wait)
+
+    def _at_exit(self) -> None:
+        with self._changed:
+            self._exiting = True  # a run still ending on another thread stops its instances instead of keeping them
+        self.stop_all()
+
+    def _sweep(self) -> None:
+        with self._changed:
+            try:
+                while self._kept:
+                    due = min(deadline for _, _, deadline in self._kept) - time.monotonic()
+                    if due > 0:
+                        self._changed.wait(due)
+                        continue
+                    now = time.monotonic()
+                    self._changed.release()  # stopping takes a while (a JVM closing): takers and keepers go on
+                    try:
+                        self._stop(lambda _, deadline: deadline <= now, wait=True)
+                    except Exception as e:  # e.g. Ray shutting down meanwhile: what is left is stopped at exit
+                        log.warning("stopping idle kept %s instances failed: %s", self.what, e)
+                    finally:
+                        self._changed.acquire()
+            finally:  # still holding the lock: a `put` from now on starts a new sweeper
+                self._sweeper = None
 
     def _stop(self, which: Callable[[Hashable, float], bool], wait: bool) -> None:
-        with self._lock:
-            stopping = [(k, i) for k, i, deadline in self._kept if which(k, deadline)]
-            self._kept = [entry for entry in self._kept if not which(entry[0], entry[2])]
-            self._lock.notify()  # the sweeper ends if nothing is left
+        with self._changed:
+            stopping, staying = [], []
+            for entry in self._kept:
+                (stopping if which(entry[0], entry[2]) else staying).append(entry)
+            self._kept = staying
+            self._changed.notify()  # the sweeper ends if nothing is left
         if stopping:
-            self._stop_fn(stopping, wait)
+            self._stop_fn([(key, instance) for key, instance, _ in stopping], wait)

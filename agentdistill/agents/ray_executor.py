@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import json
 import logging
 import os
 import re
 import socket
 import threading
-from typing import Any
+from typing import Any, NamedTuple
 
 from agentdistill.agents.kept import Kept
 from agentdistill.agents.runner import EpisodeSpec, Executor, Runner
@@ -251,24 +252,37 @@ def _stop_actors(actors: list, wait: bool = True) -> None:
         threading.Thread(target=finish, name="agentdistill-stop-actors", daemon=True).start()
 
 
-def _actor_key(store_url: str, recipe: dict[str, Any], cluster: RayCluster) -> tuple:
-    """What an env actor can be reused for: its cluster connection, store, env and reservation. The job and
-    driver node ids change with every `ray.init`, so an actor of an earlier connection never matches."""
-    import json
+class _ActorKey(NamedTuple):
+    """What an env actor can be reused for: the cluster connection that made it (the job and driver node ids
+    change with every `ray.init`, so an actor of an earlier connection never matches), its store, env and
+    reservation."""
 
+    connection: tuple[str, str]
+    store_url: str
+    env: str
+    env_options: str
+    reservation: str
+
+    @classmethod
+    def of(cls, store_url: str, recipe: dict[str, Any], cluster: RayCluster) -> _ActorKey:
+        return cls(_connection(), store_url, recipe["env"]["name"],
+                   json.dumps(recipe["env"].get("options") or {}, sort_keys=True, default=str),
+                   json.dumps([cluster.cpus, cluster.gpus, cluster.resources or {}], sort_keys=True))
+
+
+def _connection() -> tuple[str, str]:
     context = _ray().get_runtime_context()
-    env = recipe["env"]
-    return (context.get_job_id(), context.get_node_id(), store_url, env["name"],
-            json.dumps(env.get("options") or {}, sort_keys=True, default=str), cluster.cpus, cluster.gpus,
-            json.dumps(cluster.resources or {}, sort_keys=True))
+    return context.get_job_id(), context.get_node_id()
 
 
-def _stop_kept_actors(pairs: list[tuple[tuple, Any]], wait: bool) -> None:
+def _stop_kept_actors(pairs: list[tuple[_ActorKey, Any]], wait: bool) -> None:
+    """Stop the kept actors of this process's current connection to Ray; those of an earlier one went with it
+    (and Ray must not be handed their handles)."""
     ray = _ray()
-    if not ray.is_initialized():  # the connection they belonged to is gone, and they with it
+    if not ray.is_initialized():
         return
-    job = ray.get_runtime_context().get_job_id()
-    _stop_actors([actor for key, actor in pairs if key[0] == job], wait=wait)
+    current = _connection()
+    _stop_actors([actor for key, actor in pairs if key.connection == current], wait=wait)
 
 
 # env actors kept after a run (`runner.keep_envs_s`); an idle one holds its CPUs, so `fan_out` and any new actor
@@ -292,9 +306,9 @@ class RayExecutor(Executor):
             num_cpus=cluster.cpus, num_gpus=cluster.gpus, resources=cluster.resources or None,
             scheduling_strategy="SPREAD", max_restarts=0, max_concurrency=1)
         self._args = (cluster.store_url, recipe, max_steps)
-        self._key = _actor_key(cluster.store_url, recipe, cluster)
+        self._key = _ActorKey.of(cluster.store_url, recipe, cluster)
         self.keep_envs_s = keep_envs_s
-        self.reused = 0  # actors taken from an earlier run of this process
+        self._kept: set[Any] = set()  # actors taken from an earlier run of this process
         self._free: asyncio.Queue = asyncio.Queue()
         self._all: list[Any] = []
         self.lost = 0  # actors that died under an attempt
@@ -308,7 +322,7 @@ class RayExecutor(Executor):
         reference that answers once it is up (it starts its env meanwhile)."""
         actor = KEPT_ACTORS.take(self._key)
         if actor is not None:
-            self.reused += 1
+            self._kept.add(actor)
             self._all.append(actor)
             return actor, actor.rebind.remote(*self._args[1:])
         KEPT_ACTORS.stop_others(self._key)  # idle actors for other envs or stores hold resources this one may need
@@ -322,26 +336,30 @@ class RayExecutor(Executor):
         ray = _ray()
         actor, ready = self._free.get_nowait()
         try:
-            return ray.get(actor.tasks.remote())
-        except ray.exceptions.RayTaskError as e:
-            if isinstance(e.cause, AgentDistillError):  # an unknown split or task, an env that did not start
-                raise e.cause.with_traceback(None) from None
-            raise AgentDistillError(f"listing the tasks on an env actor failed: {_cause(e)}") from None
-        except ray.exceptions.RayError as e:
-            raise AgentDistillError(f"the env actor listing the tasks was lost: {_cause(e)}") from None
+            while True:
+                try:
+                    return ray.get(actor.tasks.remote())
+                except ray.exceptions.RayTaskError as e:
+                    if isinstance(e.cause, AgentDistillError):  # an unknown split or task, an env that did not start
+                        raise e.cause.with_traceback(None) from None
+                    raise AgentDistillError(f"listing the tasks on an env actor failed: {_cause(e)}") from None
+                except ray.exceptions.RayError as e:
+                    if actor not in self._kept:
+                        raise AgentDistillError(f"the env actor listing the tasks was lost: {_cause(e)}") from None
+                    log.info("a kept env actor was lost while idle (%s): starting another", _cause(e))
+                    self._retire(actor)  # died while idle: another (kept or new) lists them
+                    actor, ready = self._new()
         finally:
             self._free.put_nowait((actor, ready))
 
     async def _acquire(self):
         """A free actor that is up. A new one that dies before its first episode (e.g. placed on a node that is
         dying but not yet marked dead) costs no episode: it is replaced, with a growing pause, a bounded
-        number of times."""
+        number of times. A kept one that died while idle (its node lost meanwhile) is replaced at once."""
         ray = _ray()
         actor, ready = await self._free.get()
-        delay, cause = 0.5, ""
-        for _ in range(MAX_STARTS):
-            if self.fatal:  # actors cannot start at all here: fail fast instead of retrying every slot
-                break
+        delay, cause, starts = 0.5, "", 0
+        while not self.fatal:  # once actors cannot start at all here, fail fast instead of retrying every slot
             if ready is None:
                 return actor
             try:
@@ -350,16 +368,23 @@ class RayExecutor(Executor):
                 return actor
             except ray.exceptions.RayError as e:
                 cause = _cause(e)
-                log.warning("a new env actor was lost before its first episode (%s): starting another", cause)
+                kept = actor in self._kept
                 self._retire(actor)
-                self._failed_starts += 1
-                if self._failed_starts >= MAX_STARTS:
-                    self.fatal = (f"no env actor stayed up on the cluster after {MAX_STARTS} starts in a row ({cause}): "
-                                  "check the nodes (`ray status`), and that agentdistill, the env's data and the "
-                                  "store are reachable from each")
-                    break
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, 10.0)
+                if kept:
+                    log.info("a kept env actor was lost while idle (%s): starting another", cause)
+                else:
+                    log.warning("a new env actor was lost before its first episode (%s): starting another", cause)
+                    self._failed_starts += 1
+                    starts += 1
+                    if self._failed_starts >= MAX_STARTS:
+                        self.fatal = (f"no env actor stayed up on the cluster after {MAX_STARTS} starts in a row "
+                                      f"({cause}): check the nodes (`ray status`), and that agentdistill, the env's "
+                                      "data and the store are reachable from each")
+                        break
+                    if starts >= MAX_STARTS:
+                        break
+                    await asyncio.sleep(delay)
+                    delay = min(2 * delay, 10.0)
                 actor, ready = self._new()
         self._free.put_nowait((actor, ready))
         raise AttemptLost(self.fatal or f"no env actor stayed up after {MAX_STARTS} starts ({cause})")
@@ -367,21 +392,23 @@ class RayExecutor(Executor):
     async def play(self, runner: Runner, spec: EpisodeSpec, episode_id: int, attempt: int) -> str:
         ray = _ray()
         actor = await self._acquire()
+        playing = actor.play.remote(spec, episode_id, attempt)
         try:
-            status = await actor.play.remote(spec, episode_id, attempt)
+            status = await playing
         except ray.exceptions.RayError as e:
             self.lost += 1
             self._retire(actor)
             self._free.put_nowait(self._new())
             raise AttemptLost(f"the Ray actor playing it was lost: {_first_line(e)}") from None
-        except BaseException:
-            self._free.put_nowait((actor, None))
+        except BaseException:  # cancelled (Ctrl-C): the episode may still be playing there, so it is not idle
+            self._free.put_nowait((actor, playing))
             raise
         self._free.put_nowait((actor, None))
         return status
 
     def _retire(self, actor) -> None:
         ray = _ray()
+        self._kept.discard(actor)
         if actor in self._all:
             self._all.remove(actor)
         try:  # it may still be running somewhere (a lost reply): it must not write on
@@ -410,7 +437,8 @@ class RayExecutor(Executor):
 
 
 def _is_up(ready) -> bool:
-    """Whether an actor's start (`warm` / `rebind`) has answered without error (None: it already played)."""
+    """Whether what an actor was last given (its start: `warm` / `rebind`, or an episode whose caller was
+    cancelled) has answered without error (None: it played to the end)."""
     if ready is None:
         return True
     ray = _ray()
@@ -444,7 +472,7 @@ def fan_out(cluster: RayCluster, fn, items: list[tuple]) -> list[Any]:
     SPARK tasks). `fn` must be importable on the nodes and write only through the store; a task whose
     worker dies is run once more (SPARK's episodes resume from the store, analysts start over)."""
     ray = _ray()
-    KEPT_ACTORS.stop_others()  # env actors kept from a run hold the CPUs these tasks need
+    KEPT_ACTORS.stop_all(wait=False)  # env actors kept from a run hold the CPUs these tasks need
     remote = ray.remote(fn).options(num_cpus=cluster.cpus, num_gpus=cluster.gpus, resources=cluster.resources or None,
                                     scheduling_strategy="SPREAD", max_retries=1)
     refs = [remote.remote(*item) for item in items]

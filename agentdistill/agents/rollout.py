@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 from collections import defaultdict
 from collections.abc import Callable
 
 from agentdistill.agents.cascade import CascadePolicy
+from agentdistill.agents.kept import Kept
 from agentdistill.agents.policies import ExpertPolicy, LLMPolicy, Policy
 from agentdistill.distill.icd import DemoIndex, Retrieval
-from agentdistill.agents.kept import Kept
 from agentdistill.agents.runner import EnvPool, Executor, LocalExecutor, Runner, _close_quietly, make_plan
 from agentdistill.config import PolicySpec, Recipe, parse_recipe
 from agentdistill.envs import Env, Task, make
@@ -21,6 +22,8 @@ from agentdistill.models import make_model
 from agentdistill.models.registry import IN_PROCESS
 from agentdistill.models.cost import Price
 from agentdistill.store.store import Store
+
+log = logging.getLogger(__name__)
 
 
 def build_policy(spec: PolicySpec, store: Store | None = None, env_name: str = "scienceworld") -> Policy:
@@ -120,17 +123,29 @@ def env_key(recipe: Recipe) -> tuple:
 
 def kept_or_new_env(recipe: Recipe) -> Env:
     """An env instance an earlier local run of this process kept for the same env, else a new one."""
-    env = KEPT_ENVS.take(env_key(recipe))
-    if env is None:
-        KEPT_ENVS.stop_others(env_key(recipe))  # kept instances of another env would only hold memory now
-        env = start_env(recipe.env.name, recipe.env.options)
-    return env
+    return KEPT_ENVS.take(env_key(recipe)) or _new_env(recipe)
+
+
+def _new_env(recipe: Recipe) -> Env:
+    KEPT_ENVS.stop_others(env_key(recipe))  # kept instances of another env would only hold memory now
+    return start_env(recipe.env.name, recipe.env.options)
 
 
 def open_env(recipe: Recipe) -> Env:
     """Start the recipe's environment (or take a kept instance) and check that its split and tasks exist: one
     line on any problem, before anything is written to the store."""
-    env = kept_or_new_env(recipe)
+    env = KEPT_ENVS.take(env_key(recipe))
+    if env is not None:
+        try:
+            select_tasks(env, recipe)
+            return env
+        except AgentDistillError:  # the recipe's own problem: a new instance would say the same
+            env.close()
+            raise
+        except Exception as e:  # it died while idle (a JVM gone): a new one checks the recipe
+            log.info("a kept %s instance failed (%s): starting a new one", recipe.env.name, e)
+            _close_quietly(env)
+    env = _new_env(recipe)
     try:
         select_tasks(env, recipe)
     except BaseException:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -56,9 +57,23 @@ class EnvPool:
     async def acquire(self) -> Env:
         env = await self._free.get()
         if env is None:
+            lock, started, abandoned = threading.Lock(), [], []
+
+            def start() -> Env | None:
+                made = self.factory()
+                with lock:  # a caller cancelled meanwhile (Ctrl-C) will not take it: it must not leak
+                    if abandoned:
+                        _close_quietly(made)
+                        return None
+                    started.append(made)
+                return made
+
             try:
-                env = await asyncio.to_thread(self.factory)
+                env = await asyncio.to_thread(start)
             except BaseException:
+                with lock:
+                    abandoned.append(True)
+                    self._all += started  # made just before the cancel: closed with the pool
                 self._free.put_nowait(None)  # the slot stays usable: the next episode starts a new instance
                 raise
             self._all.append(env)
