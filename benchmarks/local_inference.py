@@ -1,9 +1,10 @@
 """Local students' speed: SmolLM2-135M playing real TextWorld games (the default pipeline's setting:
 24 tokens an action, 2 turns of history), measured in one run.
 
-1. transformers with dynamic batching: 8 concurrent episodes vs 1, episodes per minute (goal >= 3x);
-2. at 8 concurrent episodes: batching on vs off; the batcher regrouping the episodes after each batch
-   (waiting up to 50 ms for the last batch's requesters) vs starting a batch with the first one back;
+1. transformers with continuous batching (models/engine.py): 8 concurrent episodes vs 1, episodes per
+   minute (goal >= 3x);
+2. at 8 concurrent episodes: batching on vs off; continuous batching vs padded batches of `model.generate`
+   (the batcher that regroups episodes after each batch, batching.py: what `local/` used before the engine);
 3. llama.cpp vs transformers (`local/smollm2-135m`): generated tokens per second on the same stored
    prompts, one request at a time (goal >= 4x; the backends alternate over `--tps-rounds` rounds and the
    median of the rounds' ratios is the figure: transformers' speed drifts within a long process), with how
@@ -129,14 +130,15 @@ def main():
                              f"prefix cache on vs off {pack_secs['prefix cache off'] / pack_secs['prefix cache on']:.2f}x "
                              "episodes/min")
             for label, model, conc in [("transformers, batched", batched, 1), ("transformers, batched", batched, n),
-                                       ("transformers, unbatched", unbatched, n), ("no regrouping", batched, n),
+                                       ("transformers, unbatched", unbatched, n), ("padded batches", batched, n),
                                        ("no prefix cache", batched, 1),
                                        ("no prefix cache", batched, n), ("llama.cpp", llama, 1),
                                        ("llama.cpp", llama, n)]:
                 if isinstance(model, LocalModel):  # batched and unbatched share the loaded weights and cache
                     model._loaded.prefixes = None if label == "no prefix cache" else PrefixCache()
-                    # a batch leaves with the first requests back, not waiting for the last batch's others
-                    batched._loaded.batcher(batched.max_batch).patience = 0.0 if label == "no regrouping" else 0.05
+                    with model._loaded._cache_lock:  # the next request starts the scheduler this arm asks for
+                        model._loaded.end_batcher()
+                    model._loaded.continuous = label != "padded batches"
                 secs, steps, run_id = episodes(store, envs, plan, policy(model), conc, args.steps, label)
                 rows.append((label, conc, secs, steps, run_id))
                 print(f"{label:24s} concurrency {conc}: {n} episodes, {steps} steps in {secs:6.1f} s = "
@@ -144,6 +146,7 @@ def main():
             prompts = [c.messages for e in store.episodes(run_id=rows[0][4], with_steps=True)
                        for s in e.steps for c in s.calls]
             batched._loaded.prefixes = PrefixCache()  # as llama.cpp keeps its last prompt's KV
+            batched._loaded.continuous = True
             # transformers through its batcher thread, one request at a time: torch running on a second
             # long-lived thread (this one) would share its OpenMP runtime with the batcher's threads, which then
             # stop spin-waiting (more OpenMP threads than cores) and decode ~1.6x slower on 2 cores
@@ -158,8 +161,9 @@ def main():
     print(f"1. batching, {n} concurrent vs 1:  {epm[('transformers, batched', n)] / epm[('transformers, batched', 1)]:.2f}x "
           f"episodes/min (goal >= 3x)")
     print(f"2. at {n} concurrent, batched vs unbatched: "
-          f"{epm[('transformers, batched', n)] / epm[('transformers, unbatched', n)]:.2f}x; batches regrouped after "
-          f"each one vs not: {epm[('transformers, batched', n)] / epm[('no regrouping', n)]:.2f}x")
+          f"{epm[('transformers, batched', n)] / epm[('transformers, unbatched', n)]:.2f}x; continuous batching vs padded "
+          f"batches of generate: {epm[('transformers, batched', n)] / epm[('padded batches', n)]:.2f}x "
+          f"(padded batches {n} vs 1: {epm[('padded batches', n)] / epm[('transformers, batched', 1)]:.2f}x)")
     same = lambda texts: sum(a == b for a, b in zip(texts, text_hf))  # noqa: E731
     tps = lambda i: ", ".join(f"{r[i][0]:.0f}" for r in rounds)  # noqa: E731
     ratio = lambda i: [r[i][0] / r[0][0] for r in rounds]  # noqa: E731

@@ -30,23 +30,35 @@ def models():
     batched._loaded.prefixes = kept
 
 
+class _Steps:
+    """Records every engine step's sequences (how many ran together) and tokens fed."""
+
+    def __init__(self, monkeypatch):
+        from agentdistill.models.engine import Engine
+
+        self.sequences, self.tokens = [], []
+        original = Engine._forward
+
+        def forward(engine, feeds):
+            self.sequences.append(len(feeds))
+            self.tokens.append(sum(len(t) for _, t in feeds))
+            return original(engine, feeds)
+
+        monkeypatch.setattr(Engine, "_forward", forward)
+
+
 def _concurrently(model, chats, **kw):
     with ThreadPoolExecutor(len(chats)) as pool:
         return list(pool.map(lambda c: model.complete(c[0], max_tokens=c[1], **kw), chats))
 
 
-def test_batched_greedy_equals_unbatched_with_each_requests_own_tokens_and_limits(models):
+def test_batched_greedy_equals_unbatched_with_each_requests_own_tokens_and_limits(models, monkeypatch):
     batched, alone = models
     limits = [8, 24, 16, 24, 12]  # different max_tokens in one batch
     want = [alone.complete(c, max_tokens=m)[0] for c, m in zip(CHATS, limits)]
-    calls = []
-    original = batched._generate
-    batched._generate = lambda reqs: calls.append(len(reqs)) or original(reqs)
-    try:
-        got = [r[0] for r in _concurrently(batched, list(zip(CHATS, limits)))]
-    finally:
-        batched._generate = original
-    assert max(calls) > 1, calls  # they really were answered together
+    steps = _Steps(monkeypatch)
+    got = [r[0] for r in _concurrently(batched, list(zip(CHATS, limits)))]
+    assert max(steps.sequences) > 1, steps.sequences  # they really were answered together
     for g, w, m in zip(got, want, limits):
         assert g.text == w.text and g.finish_reason == w.finish_reason
         assert g.prompt_tokens == w.prompt_tokens and g.completion_tokens == w.completion_tokens <= m
@@ -59,31 +71,82 @@ MORE_ROOMS = ["a river bank; a boat is tied to a post and a fishing rod lies nea
               "a laboratory with beakers, a burner and a thermometer on the table", "a cave"]
 
 
-@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
-def test_greedy_output_does_not_depend_on_the_batch_it_is_in(dtype):
-    """Whatever a request is batched with (which the batcher decides by timing), its greedy text is the one
-    it gets alone. Without per-row attention and two-row matmuls, 20 of 66 such bf16 outputs differed."""
+@pytest.mark.parametrize("dtype,continuous", [("bfloat16", True), ("float32", True), ("bfloat16", False),
+                                              ("float32", False)])
+def test_greedy_output_does_not_depend_on_the_batch_it_is_in(dtype, continuous):
+    """Whatever a request is batched with (which the scheduler decides by timing), its greedy text is the one
+    `model.generate` gives it alone: on the continuous-batching engine (Llama models) and on padded batches of
+    `model.generate` (other architectures). Without per-row attention and two-row matmuls, 20 of 66 such bf16
+    outputs of padded batches differed."""
     from agentdistill.models.batching import Request
+    from agentdistill.openmp import on_the_generation_thread
 
     model = LocalModel("local/smollm2-135m", dtype=dtype, batching=False)
     kept, model._loaded.prefixes = model._loaded.prefixes, None
     chats = CHATS + [[SYSTEM, {"role": "user", "content": f"You are in {room}. What do you do?"}] for room in MORE_ROOMS]
     ask = lambda group: [Request(chats[i], 1, 0.0, 32, (), owner=model) for i in group]  # noqa: E731
+    assert model._loaded.continuous
     try:
-        alone = [model._generate(ask([i]))[0][0].text for i in range(len(chats))]
+        alone = [on_the_generation_thread(model._generate_here, ask([i]))[0][0].text for i in range(len(chats))]
+        model._loaded.continuous = continuous
         groupings = [[list(range(9))], [[8, 0, 5], [1, 7], [2, 6, 4, 3]]]  # every prompt padded in some batch
         for grouping in groupings:
             for group in grouping:
                 got = [completions[0].text for completions in model._generate(ask(group))]
                 assert got == [alone[i] for i in group], (dtype, group)
     finally:
-        model._loaded.prefixes = kept
+        model._loaded.prefixes, model._loaded.continuous = kept, True
 
 
-def test_n_samples_share_a_call_and_differ_when_sampling(models):
+def test_a_request_joins_the_running_batch_and_leaves_it_when_done(models, monkeypatch):
+    """Continuous batching: a request sent while another decodes is prefilled at the next step and decodes
+    beside it, instead of waiting for it to finish; the short one leaves first; both get their texts alone."""
+    import threading
+    import time
+
+    batched, alone = models
+    want = [alone.complete(CHATS[0], max_tokens=40)[0], alone.complete(CHATS[3], max_tokens=6)[0]]
+    steps = _Steps(monkeypatch)
+    done: list[str] = []
+    got: dict[str, object] = {}
+
+    def ask(name, chat, limit):
+        got[name] = batched.complete(chat, max_tokens=limit)[0]
+        done.append(name)
+
+    first = threading.Thread(target=ask, args=("long", CHATS[0], 40))
+    first.start()
+    while len(steps.sequences) < 4:  # the long one is decoding alone
+        time.sleep(0.01)
+    ask("short", CHATS[3], 6)
+    first.join()
+    assert done == ["short", "long"]
+    assert steps.sequences[:4] == [1, 1, 1, 1] and 2 in steps.sequences, steps.sequences
+    assert got["long"].text == want[0].text and got["short"].text == want[1].text
+    assert want[0].completion_tokens == 40 and got["short"].completion_tokens == want[1].completion_tokens
+
+
+def test_a_request_that_cannot_be_admitted_fails_alone(models):
+    """A chat the template cannot render gets its own error; the request beside it is answered as alone."""
+    batched, alone = models
+    want = alone.complete(CHATS[1], max_tokens=8)[0].text
+    with ThreadPoolExecutor(2) as pool:
+        bad = pool.submit(batched.complete, [{"role": "user"}], max_tokens=8)
+        good = pool.submit(batched.complete, CHATS[1], max_tokens=8)
+        assert good.result()[0].text == want
+        with pytest.raises(Exception, match="content"):
+            bad.result()
+    assert batched.complete(CHATS[1], max_tokens=8)[0].text == want  # the engine goes on
+
+
+def test_n_samples_share_a_call_and_differ_when_sampling(models, monkeypatch):
     batched, _ = models
+    steps = _Steps(monkeypatch)
     samples = batched.complete(CHATS[0], n=4, temperature=1.0, max_tokens=24)
     assert len(samples) == 4 and len({s.text for s in samples}) > 1
+    # the prompt prefilled once, then its four samples decoded side by side
+    fed = sum(x.completion_tokens > 0 for x in samples)  # a sample whose first token ends it is not fed again
+    assert steps.tokens[0] == samples[0].prompt_tokens and steps.sequences[1] == fed > 1, (steps.tokens, steps.sequences)
     assert len({s.prompt_tokens for s in samples}) == 1 and all(0 < s.completion_tokens <= 24 for s in samples)
     greedy = batched.complete(CHATS[0], n=3, max_tokens=12)
     assert len({s.text for s in greedy}) == 1 and sum(s.completion_tokens for s in greedy) == greedy[0].completion_tokens
@@ -99,7 +162,7 @@ def test_stop_strings_cut_each_request_in_a_batch(models):
         assert g.finish_reason == "stop" or stop not in full
 
 
-def test_prompts_reuse_earlier_prompts_kv_and_greedy_outputs_do_not_change():
+def test_prompts_reuse_earlier_prompts_kv_and_greedy_outputs_do_not_change(monkeypatch):
     """Automatic prefix caching: a batch's rows each prefill only what follows their longest prefix
     shared with a kept prompt (a long system prompt across episodes; an episode's own last prompt on
     its next turn), and get exactly the uncached outputs and token counts."""
@@ -126,16 +189,13 @@ def test_prompts_reuse_earlier_prompts_kv_and_greedy_outputs_do_not_change():
     system_len = len(model.tokenizer.apply_chat_template([system], tokenize=True, return_dict=False))
     try:
         first = model.complete(turns[0][0], max_tokens=16)[0]  # nothing kept yet
-        sizes, original = [], model._generate
-        model._generate = lambda reqs: sizes.append(len(reqs)) or original(reqs)
-        try:  # each turn of the four episodes concurrently, as a run plays them
-            got = [[g for (g,) in _concurrently(model, [(c, 16) for c in chats])] for chats in turns]
-        finally:
-            model._generate = original
+        steps = _Steps(monkeypatch)  # each turn of the four episodes concurrently, as a run plays them
+        got = [[g for (g,) in _concurrently(model, [(c, 16) for c in chats])] for chats in turns]
+        sizes = steps.sequences
         samples = model.complete([system, CHATS[4][1]], n=3, temperature=1.0, max_tokens=16)  # n rows, one prefix
     finally:
         loaded.prefixes = PrefixCache()
-    assert max(sizes) > 1, sizes  # some requests were answered together: padding around each row's prefix
+    assert max(sizes) > 1, sizes  # some requests were answered together, each from its own prefix
     assert first.cached_prompt_tokens == 0 and first.text == want[0][0].text
     for t in range(3):
         for room, (g, w) in enumerate(zip(got[t], want[t])):
@@ -279,7 +339,7 @@ def test_released_models_free_their_weights_and_end_their_batcher():
     model = make_model("local/smollm2-135m", dtype=dtype)
     answer = model.complete(CHATS[0], max_tokens=6)[0].text
     weights = weakref.ref(model.model)
-    (batcher,) = [t for t in set(threading.enumerate()) - before if t.name == "agentdistill-batcher"]
+    (batcher,) = [t for t in set(threading.enumerate()) - before if t.name == "agentdistill-engine"]
     assert make_model("local/smollm2-135m", dtype=dtype) is model  # kept while in use
     del model
     release_in_process_models()
@@ -331,21 +391,19 @@ def test_every_in_process_model_generates_on_one_thread():
     of 27 once the second had generated (libgomp stops spin-waiting once it has more threads than cores)."""
     import threading
 
+    from agentdistill.models.engine import Engine
     from agentdistill.openmp import on_the_generation_thread
 
     models = [LocalModel("local/smollm2-135m", dtype="float32"), LocalModel("local/smollm2-135m", dtype="bfloat16"),
               LocalModel("local/smollm2-135m", dtype="float32", batching=False)]
-    assert models[0]._loaded is not models[1]._loaded  # two checkpoints in memory, each with its batcher
-    ran_on = []
-    for m in models:
-        original = m._generate_here
-        m._generate_here = lambda reqs, original=original: ran_on.append(threading.current_thread()) or original(reqs)
+    assert models[0]._loaded is not models[1]._loaded  # two checkpoints in memory, each with its engine
+    ran_on, original = [], Engine._step
+    Engine._step = lambda self, *a: ran_on.append(threading.current_thread()) or original(self, *a)
     try:
         with ThreadPoolExecutor(6) as pool:
             list(pool.map(lambda i: models[i % 3].complete(CHATS[i % 5], max_tokens=4), range(6)))
     finally:
-        for m in models:
-            del m._generate_here
+        Engine._step = original
     assert len(ran_on) >= 3 and len(set(ran_on)) == 1 and ran_on[0].name == "agentdistill-generate"
     assert ran_on[0] is not threading.current_thread()
     # called from that thread (a model's forward pass asking another), it runs in place instead of waiting on itself

@@ -1,5 +1,7 @@
-"""Dynamic batching for in-process models: requests that arrive while the model is busy are answered
-together by one forward pass per token.
+"""Dynamic batching of whole generate calls: requests that arrive while the model is busy are answered
+together by one generate call. In-process Llama models use continuous batching instead (engine.py), where
+requests join and leave a running batch at every token; this serves vLLM (whose own engine then batches
+further) and the in-process architectures the engine does not drive.
 
 On a small model the cost of a decoding step is mostly fixed overhead (30 layers of small kernels),
 so decoding 8 sequences costs little more than decoding 1: concurrent episodes stop queueing behind

@@ -24,6 +24,8 @@ from agentdistill.models.base import ChatModel, Completion, Message, fill_sample
 from agentdistill.models.batching import Batcher, BatcherClosed, Request
 from agentdistill.models.cost import Price, resolve_price
 from agentdistill.models.batch_invariance import make_batch_invariant
+from agentdistill.models.engine import Engine
+from agentdistill.models.engine import supports as engine_supported
 from agentdistill.models.prefix_cache import PrefixCache
 from agentdistill.models.prefix_cache import supports as prefix_cache_supported
 from agentdistill.openmp import in_passing_thread, on_the_generation_thread
@@ -153,13 +155,16 @@ class _Loaded:
         self.lock = threading.Lock()  # one generate at a time: torch already uses every core
         # fixed weights: long system prompts are reused (full-attention models only)
         self.prefixes: PrefixCache | None = PrefixCache() if prefix_cache_supported(self.model) else None
+        self.continuous = engine_supported(self.model)
 
-    def batcher(self, max_batch: int) -> Batcher:
-        """The weights' request batcher, started on first use; each batch is answered by the LocalModel
-        that sent it (they may differ in id, price, top_p)."""
+    def batcher(self, max_batch: int) -> Engine | Batcher:
+        """The weights' request scheduler, started on first use: continuous batching (engine.py) for the
+        architectures it drives, else batches of `model.generate` (batching.py). Either answers each request
+        with the settings of the LocalModel that sent it (they may differ in id, price, top_p)."""
         with _Loaded._cache_lock:
             if getattr(self, "_batcher", None) is None:
-                self._batcher = Batcher(lambda batch: batch[0].owner._generate(batch), max_batch)
+                self._batcher = (Engine(self, max_batch) if self.continuous else
+                                 Batcher(lambda batch: batch[0].owner._generate(batch), max_batch))
             return self._batcher
 
     @classmethod
@@ -217,6 +222,7 @@ class LocalModel(ChatModel):
         loaded.model, loaded.tokenizer, loaded.lock = model, tokenizer, threading.Lock()
         loaded.prefixes = PrefixCache() if weights_version and prefix_cache_supported(model) else None
         loaded.weights_version = weights_version
+        loaded.continuous = engine_supported(model)
         # a trainer's fp32 master weights: generate under bf16 autocast where bf16 is the faster (native_bf16)
         device = next(model.parameters()).device.type
         loaded.autocast = next(model.parameters()).dtype == torch.float32 and native_bf16(device)
@@ -251,12 +257,15 @@ class LocalModel(ChatModel):
             return self._loaded.batcher(self.max_batch).submit(request)
 
     def _generate(self, requests: list[Request]) -> list[list[Completion]]:
-        """`_generate_here` on the one thread every in-process model generates on, whoever asks (a batcher, an
-        unbatched caller): torch then keeps a single OpenMP pool (openmp.py)."""
+        """These requests answered together, now, with nothing else beside them (the unbatched path; a batch of
+        `model.generate` for an architecture the engine does not drive), on the one thread every in-process
+        model generates on: torch then keeps a single OpenMP pool (openmp.py)."""
+        if self._loaded.continuous:
+            return Engine(self._loaded).generate(requests)
         return on_the_generation_thread(self._generate_here, requests)
 
     def _generate_here(self, requests: list[Request]) -> list[list[Completion]]:
-        """One generate call for requests sharing sampling settings and stop strings: prompts are
+        """One `model.generate` call for requests sharing sampling settings and stop strings: prompts are
         left-padded; each request gets its own max_tokens, n samples, token counts and cost."""
         import torch
 
