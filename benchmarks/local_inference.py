@@ -36,12 +36,43 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 from agentdistill.agents.policies import ExpertPolicy, LLMPolicy  # noqa: E402
 from agentdistill.agents.runner import EnvPool, Runner, make_plan  # noqa: E402
 from agentdistill.envs import make  # noqa: E402
+from agentdistill.models.engine import Engine  # noqa: E402
 from agentdistill.models.gguf_export import export_gguf  # noqa: E402
 from agentdistill.models.llamacpp import LlamaCppModel, built_with_openmp  # noqa: E402
 from agentdistill.models.local import LocalModel, resolve_checkpoint  # noqa: E402
 from agentdistill.models.prefix_cache import PrefixCache  # noqa: E402
 from agentdistill.skills.trace2skill import TraceAnalyst, distill  # noqa: E402
 from agentdistill.store.store import Store  # noqa: E402
+
+
+class StepLog:
+    """Within `with`, every forward pass of the engine: (sequences, tokens fed, of them prompt tokens, seconds)."""
+
+    def __enter__(self):
+        self.steps: list[tuple[int, int, int, float]] = []
+        self.forward = forward = Engine._forward
+
+        def timed(engine, feeds):
+            prompt = sum(len(toks) for s, toks in feeds if s.prefilling)  # before the pass moves them on
+            t0 = time.perf_counter()
+            out = forward(engine, feeds)
+            self.steps.append((len(feeds), sum(len(toks) for _, toks in feeds), prompt, time.perf_counter() - t0))
+            return out
+
+        Engine._forward = timed
+        return self
+
+    def __exit__(self, *exc):
+        Engine._forward = self.forward
+
+    def summary(self) -> str:
+        prefill = [s for s in self.steps if s[2]]
+        decode = [s for s in self.steps if not s[2]]
+        rows = sum(s[0] for s in decode) / max(len(decode), 1)
+        return (f"{sum(s[3] for s in self.steps):.1f} s in forward passes: {len(prefill)} steps with prompt tokens "
+                f"({sum(s[2] for s in prefill)} prompt tokens, {sum(s[3] for s in prefill):.1f} s), {len(decode)} decoding "
+                f"steps ({sum(s[3] for s in decode):.1f} s, {rows:.1f} sequences and "
+                f"{1000 * sum(s[3] for s in decode) / max(len(decode), 1):.0f} ms a step on average)")
 
 
 def episodes(store, envs, plan, policy, concurrency, steps, label) -> tuple[float, int, str]:
@@ -139,10 +170,13 @@ def main():
                     with model._loaded._cache_lock:  # the next request starts the scheduler this arm asks for
                         model._loaded.end_batcher()
                     model._loaded.continuous = label != "padded batches"
-                secs, steps, run_id = episodes(store, envs, plan, policy(model), conc, args.steps, label)
+                with StepLog() as log:
+                    secs, steps, run_id = episodes(store, envs, plan, policy(model), conc, args.steps, label)
                 rows.append((label, conc, secs, steps, run_id))
                 print(f"{label:24s} concurrency {conc}: {n} episodes, {steps} steps in {secs:6.1f} s = "
                       f"{n / secs * 60:5.1f} episodes/min", flush=True)
+                if log.steps:
+                    print(f"{'':24s} {log.summary()}", flush=True)
             prompts = [c.messages for e in store.episodes(run_id=rows[0][4], with_steps=True)
                        for s in e.steps for c in s.calls]
             batched._loaded.prefixes = PrefixCache()  # as llama.cpp keeps its last prompt's KV
