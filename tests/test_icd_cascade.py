@@ -91,12 +91,18 @@ def test_cascade_lets_the_student_act_when_its_samples_agree(demo_store, tmp_pat
     # greedy samples agree fully; the admissibility gate is off here, tested below
     ep = _cascade_run(demo_store, tmp_path, n=3, temperature=0.0, threshold=0.5, require_admissible=False)
     assert ep.status == "done" and ep.n_steps == 4
-    for st in ep.steps:
+    # a reply with no action in it (the 135M base model may echo an "Observation: ...") is a deferral of its own
+    acted = [st for st in ep.steps if not st.info.get("parse_failed")]
+    assert len(acted) >= 2, [st.calls[0].outputs for st in ep.steps]
+    for st in acted:
         assert st.answered_by == "local/smollm2-135m" and st.info["deferred"] is False
         assert st.info["agreement"] == 1.0 and [c.model for c in st.calls] == ["local/smollm2-135m"]
-    assert ep.cost == 0.0 and ep.prompt_tokens > 0
+    for st in ep.steps:
+        if st not in acted:
+            assert st.answered_by == "expert" and st.info["deferred"] is True
+    assert ep.prompt_tokens > 0 and ep.cost == pytest.approx(0.01 * (ep.n_steps - len(acted)))
     (row,) = cost_report(demo_store, {"cascade": (ep.run_id, "student")})
-    assert row.teacher_step_share == 0.0 and row.cost_per_episode == 0.0
+    assert row.teacher_step_share == pytest.approx(1 - len(acted) / ep.n_steps)
 
 
 @pytest.mark.slow
