@@ -139,6 +139,90 @@ def test_a_request_that_cannot_be_admitted_fails_alone(models):
     assert batched.complete(CHATS[1], max_tokens=8)[0].text == want  # the engine goes on
 
 
+def _answer_in_a_thread(model, chat, max_tokens, timeout=120):
+    """The completion or the exception of one call, or AssertionError if it was never answered (a daemon
+    thread: a request left waiting forever must fail the test, not hang the suite)."""
+    import threading
+
+    box = {}
+
+    def call():
+        try:
+            box["result"] = model.complete(chat, max_tokens=max_tokens)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            box["error"] = e
+
+    t = threading.Thread(target=call, daemon=True)
+    t.start()
+    t.join(timeout)
+    assert box, "the request was never answered"
+    return box.get("result"), box.get("error")
+
+
+def test_a_failure_anywhere_in_a_step_answers_its_requests_and_the_engine_goes_on(models, monkeypatch):
+    """A step that fails before its requests are admitted (there, before: they waited forever) gives them the
+    error; a scheduler that dies gives its requests an error too, and the next request gets a new engine."""
+    from agentdistill.models.engine import Engine
+
+    batched, alone = models
+    want = alone.complete(CHATS[2], max_tokens=8)[0].text
+    step_here, step, failures = Engine._step_here, Engine._step, []
+
+    def failing_step_here(engine, jobs, new):
+        if not failures:
+            failures.append("step")
+            raise RuntimeError("injected before admission")
+        return step_here(engine, jobs, new)
+
+    monkeypatch.setattr(Engine, "_step_here", failing_step_here)
+    result, error = _answer_in_a_thread(batched, CHATS[2], 8)
+    assert isinstance(error, RuntimeError) and "injected" in str(error)
+    assert batched.complete(CHATS[2], max_tokens=8)[0].text == want
+
+    def dying_step(engine, jobs, new):
+        if len(failures) == 1:
+            failures.append("scheduler")
+            raise SystemExit  # not an Exception: it ends the scheduler's thread
+        return step(engine, jobs, new)
+
+    monkeypatch.setattr(Engine, "_step", dying_step)
+    result, error = _answer_in_a_thread(batched, CHATS[2], 8)
+    assert isinstance(error, RuntimeError) and "engine stopped" in str(error), error
+    assert batched.complete(CHATS[2], max_tokens=8)[0].text == want
+
+
+def test_a_request_for_no_tokens_gets_none_and_a_negative_limit_fails_alone(models):
+    batched, alone = models
+    for model in models:
+        (c,) = model.complete(CHATS[0], max_tokens=0)
+        assert (c.text, c.completion_tokens, c.finish_reason) == ("", 0, "length") and c.prompt_tokens > 0
+        with pytest.raises(ValueError, match="max_tokens must be a whole number >= 0"):
+            model.complete(CHATS[0], max_tokens=-1)
+    assert batched.complete(CHATS[0], max_tokens=6)[0].text == alone.complete(CHATS[0], max_tokens=6)[0].text
+
+
+def test_a_prompt_longer_than_a_prefill_chunk_gets_the_text_generate_gives_it():
+    """The engine attends a prompt over CHUNK tokens in masked chunks, `model.generate` in one causal call."""
+    from agentdistill.models.batching import Request
+    from agentdistill.models.engine import CHUNK
+    from agentdistill.openmp import on_the_generation_thread
+
+    model = LocalModel("local/smollm2-135m", batching=False)
+    kept, model._loaded.prefixes = model._loaded.prefixes, None
+    rules = " ".join(f"Rule {i}: open doors before walking through them, and look at a room before taking "
+                     "things." for i in range(40))
+    try:
+        for room in ROOMS[:2]:
+            chat = [{"role": "system", "content": SYSTEM["content"] + " " + rules},
+                    {"role": "user", "content": f"You are in {room}. What do you do?"}]
+            ask = lambda: [Request(chat, 1, 0.0, 16, (), owner=model)]  # noqa: E731
+            (want,), = on_the_generation_thread(model._generate_here, ask())
+            (got,), = model._generate(ask())
+            assert want.prompt_tokens > CHUNK and got.text == want.text, (room, got.text, want.text)
+    finally:
+        model._loaded.prefixes = kept
+
+
 def test_n_samples_share_a_call_and_differ_when_sampling(models, monkeypatch):
     batched, _ = models
     steps = _Steps(monkeypatch)

@@ -7,15 +7,22 @@ tokens into one ragged row with no padding: the linear layers (nearly all of the
 of them, and attention runs per sequence over that sequence's own keys and values, through transformers'
 own SDPA call exactly as a batch of one would make it. So:
 
-- a request's greedy output does not depend on what runs beside it (its attention sees only itself, and
-  the linear layers are batch-invariant as `batch_invariance.py` describes);
+- a request's greedy output does not depend on what runs beside it: its attention sees only itself, and
+  the linear layers are batch-invariant as `batch_invariance.py` describes (bit for bit in a loaded bf16
+  model; in fp32, MKL rounds a row by the rows beside it, ~5e-5 on a logit, which changed no greedy text in
+  the tests; a trainer's live student is not made batch-invariant, so there it holds only as closely);
 - nothing is spent on padding (a padded batch of prompts of unequal length was a third padding);
 - a sequence's KV lives in buffers sized for its prompt and token limit, written in place (no `torch.cat` of
   the whole cache per token), prefilled from the prefix cache where a kept prompt shares its start;
 - n samples of one prompt share its prefill: the prompt's KV is copied to each sample when it is done.
 
-Long prompts are prefilled in chunks of `CHUNK` tokens counted from the sequence's own start, so how a prompt
-is split never depends on its neighbours either.
+Long prompts are prefilled in chunks of `CHUNK` tokens counted from the sequence's own start (or from the end
+of what the prefix cache served), so how a prompt is split never depends on its neighbours either. A prompt
+longer than `CHUNK` is attended in masked chunks where `model.generate` makes one causal call: the same
+values up to rounding (a test compares the greedy texts).
+
+Sampling (temperature > 0) draws from the whole vocabulary within `top_p`, with no top-k, as API models,
+vLLM and the llama.cpp backend do. A completion's latency runs from its admission to its last token.
 
 Only the Llama architecture (SmolLM2 among it) is driven here, through the model's own modules (LoRA layers
 of a trainer's live student included); `supports(model)` says so, and other models keep `model.generate`.
@@ -45,15 +52,20 @@ def causal_lm(model):
     return get_base() if callable(get_base) else model
 
 
+# rotary types whose frequencies are fixed: the dynamic ones (dynamic, longrope) rescale them from the
+# longest position in the forward pass, which here is the packed row's, so a neighbour would change them
+STATIC_ROPE = ("default", "linear", "llama3")
+
+
 def supports(model) -> bool:
-    """A Llama-architecture causal LM with full attention in every layer and rotary positions."""
+    """A Llama-architecture causal LM with full attention in every layer and fixed rotary frequencies."""
     from agentdistill.models.prefix_cache import supports as full_attention
 
     lm = causal_lm(model)
     inner = getattr(lm, "model", None)
     return (getattr(lm.config, "model_type", None) == "llama" and full_attention(lm)
             and all(hasattr(inner, a) for a in ("embed_tokens", "layers", "norm", "rotary_emb"))
-            and hasattr(lm, "lm_head"))
+            and getattr(inner.rotary_emb, "rope_type", "default") in STATIC_ROPE and hasattr(lm, "lm_head"))
 
 
 @dataclass
@@ -66,6 +78,7 @@ class _Job:
     sequences: list[_Sequence] = field(default_factory=list)
     started: float = 0.0
     prefilled: bool = False
+    version: Any = None  # the weights' version at admission: a prompt prefilled across a training step is not kept
 
 
 @dataclass
@@ -118,6 +131,10 @@ class Engine:
             self._queue.put(request)
         return request.future.result()
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         """The scheduler ends once the requests queued before this are answered; later ones are refused."""
         with self._closing:
@@ -127,6 +144,26 @@ class Engine:
     def _schedule(self) -> None:
         waiting: deque[Request] = deque()
         jobs: list[_Job] = []
+        new: list[Request] = []  # taken from `waiting` for the next step
+        try:
+            self._schedule_loop(waiting, jobs, new)
+        except BaseException as e:  # the scheduler itself failed: nobody left waiting, the next ones get a new engine
+            with self._closing:
+                self._closed = True
+            while True:
+                try:
+                    r = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if r is not None:
+                    waiting.append(r)
+            for r in [*new, *waiting, *(j.request for j in jobs)]:
+                if not r.future.done():
+                    r.future.set_exception(e if isinstance(e, Exception) else
+                                           RuntimeError(f"the generation engine stopped: {e!r}"))
+            # the thread ends here: its error has reached every request it held
+
+    def _schedule_loop(self, waiting: deque[Request], jobs: list[_Job], new: list[Request]) -> None:
         closing = False
         while True:
             if not jobs and not waiting:
@@ -147,11 +184,11 @@ class Engine:
                 else:
                     waiting.append(r)
             rows = sum(_rows(j.request) for j in jobs)
-            new = []
+            new.clear()
             while waiting and (not jobs and not new or rows + _rows(waiting[0]) <= self.max_rows):
                 rows += _rows(waiting[0])
                 new.append(waiting.popleft())
-            on_the_generation_thread(self._step, jobs, new)
+            on_the_generation_thread(self._step, jobs, list(new))
 
     # --- a fixed batch, answered now ----------------------------------------------------------------------
     def generate(self, requests: list[Request]) -> list[list[Completion]]:
@@ -173,11 +210,16 @@ class Engine:
         try:
             self._step_here(jobs, new)
             for job in [j for j in jobs if all(s.finish for s in j.sequences)]:
+                done = self._completions(job)
                 jobs.remove(job)
-                job.request.future.set_result(self._completions(job))
+                job.request.future.set_result(done)
         except Exception as e:
+            for r in [*new, *(j.request for j in jobs)]:  # `new` too: the failure may come before admission
+                if not r.future.done():
+                    r.future.set_exception(e)
             for job in jobs:
-                job.request.future.set_exception(e)
+                for s in job.sequences:
+                    s.kv = []  # freed now, not when a garbage collection breaks the job <-> sequence cycle
             jobs.clear()
 
     def _step_here(self, jobs: list[_Job], new: list[Request]) -> None:
@@ -221,7 +263,15 @@ class Engine:
         prompt = tok.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True,
                                          return_dict=False)
         prompt = prompt["input_ids"] if isinstance(prompt, dict) else list(prompt)
+        if not isinstance(request.max_tokens, int) or request.max_tokens < 0:
+            raise ValueError(f"max_tokens must be a whole number >= 0, not {request.max_tokens!r}")
         job = _Job(request, prompt, started=time.perf_counter())
+        version = getattr(self.loaded, "weights_version", None)
+        job.version = version() if version is not None else None
+        if request.max_tokens == 0:  # nothing to generate: no forward pass
+            job.prefilled = True
+            job.sequences.append(_Sequence(job, list(prompt), [], finish="length"))
+            return job
         layers, cached = prefixes.match(prompt) if prefixes is not None else (None, 0)
         job.cached = None if prefixes is None else cached
         capacity = len(prompt) + request.max_tokens
@@ -297,7 +347,9 @@ class Engine:
         job, r = s.job, s.job.request
         if not job.prefilled:
             job.prefilled = True
-            if prefixes is not None:  # tensors of their own, sized to the prompt, not views of the buffers
+            version = getattr(self.loaded, "weights_version", None)
+            if prefixes is not None and (version is None or version() == job.version):
+                # tensors of their own, sized to the prompt, not views of the buffers
                 prefixes.store(job.prompt, [(k[:, :s.length].clone(), v[:, :s.length].clone()) for k, v in s.kv])
             if r.temperature > 0:
                 for _ in range(r.n - 1):
@@ -310,14 +362,16 @@ class Engine:
         r = s.job.request
         if token in self._eos:
             s.finish = "stop"
-            return
-        s.out.append(token)
-        if r.stop and any(stop in self.loaded.tokenizer.decode(s.out, skip_special_tokens=True) for stop in r.stop):
-            s.finish = "stop"
-        elif len(s.out) >= r.max_tokens:
-            s.finish = "length"
         else:
-            s.tokens.append(token)
+            s.out.append(token)
+            if r.stop and any(stop in self.loaded.tokenizer.decode(s.out, skip_special_tokens=True) for stop in r.stop):
+                s.finish = "stop"
+            elif len(s.out) >= r.max_tokens:
+                s.finish = "length"
+            else:
+                s.tokens.append(token)
+        if s.finish:
+            s.kv = []  # its buffers go now, not when the job's last sample ends
 
     def _completions(self, job: _Job) -> list[Completion]:
         r, model = job.request, job.request.owner
@@ -330,8 +384,6 @@ class Engine:
                 if stop in text:
                     text, finish = text[: text.index(stop)], "stop"
             out.append(Completion(text, model.id, len(job.prompt), len(s.out), 0.0, latency, finish, job.cached))
-        for s in job.sequences:
-            s.kv = []  # the buffers go now, not when the job's last reference does
         return fill_samples(out, r.n, model.price)
 
 

@@ -162,7 +162,7 @@ class _Loaded:
         architectures it drives, else batches of `model.generate` (batching.py). Either answers each request
         with the settings of the LocalModel that sent it (they may differ in id, price, top_p)."""
         with _Loaded._cache_lock:
-            if getattr(self, "_batcher", None) is None:
+            if getattr(self, "_batcher", None) is None or getattr(self._batcher, "closed", False):
                 self._batcher = (Engine(self, max_batch) if self.continuous else
                                  Batcher(lambda batch: batch[0].owner._generate(batch), max_batch))
             return self._batcher
@@ -279,7 +279,7 @@ class LocalModel(ChatModel):
         limit = max(r.max_tokens for r in requests)
         gen_kwargs: dict[str, Any] = dict(max_new_tokens=limit, do_sample=sample, pad_token_id=tok.pad_token_id)
         if sample:
-            gen_kwargs.update(temperature=first.temperature, top_p=self.top_p)
+            gen_kwargs.update(temperature=first.temperature, top_p=self.top_p, top_k=0)  # no top-k: as the engine
         else:
             gen_kwargs.update(temperature=None, top_p=None, top_k=None)
         if first.stop:
