@@ -206,7 +206,8 @@ class Engine:
     def _step(self, jobs: list[_Job], new: list[Request]) -> None:
         """Admit `new` into `jobs`, run one forward pass over every sequence's next tokens, sample. A job that
         finishes gets its completions and leaves `jobs`; a request that cannot be admitted gets its error
-        alone; an error in the forward pass goes to every job in it (they all leave), never further."""
+        alone; any other error in the step goes to every request the step held, running or being admitted
+        (they all leave), never to the requests still waiting."""
         try:
             self._step_here(jobs, new)
             for job in [j for j in jobs if all(s.finish for s in j.sequences)]:
