@@ -181,8 +181,9 @@ def _run_pipeline(store, recipe, run_id: str | None, start_from, only, progress:
     stages = store.stages(pipeline_id)
     if any(st.name == "report" for st in stages):
         _print_efficacy(store, pipeline_id)
+    # soft_wrap: a narrow terminal wraps the line itself; rich would cut the command in two to copy
     console.print(f"pipeline run {pipeline_id}; stored in {store.engine.url.render_as_string(hide_password=True)}; "
-                  f"reprint with `agentdistill report efficacy {pipeline_id}`", highlight=False)
+                  f"reprint with `agentdistill report efficacy {pipeline_id}`", highlight=False, soft_wrap=True)
 
 
 def _print_efficacy(store, run_id: str) -> None:
@@ -259,7 +260,7 @@ def runs_list(db: DbOpt = None, limit: Annotated[int, typer.Option(help="How man
     """List runs, newest first.  Example: agentdistill runs list --limit 5"""
     table = Table()
     for col in ("id", "name", "status", "created", "episodes", "done", "successes"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("id", "created"))  # an id to copy whole, however narrow the terminal
     for row in _store(db, create=False).list_runs(limit):
         r = row["run"]
         table.add_row(r.id, r.name, r.status, f"{r.created_at:%Y-%m-%d %H:%M}", str(row["episodes"]), str(row["done"]), str(row["successes"]))

@@ -117,6 +117,18 @@ def test_list_runs_counts_episodes(db_url):
     assert (row["run"].id, row["episodes"], row["done"], row["successes"]) == (run_id, 3, 2, 1)
 
 
+def test_runs_list_prints_whole_run_ids_in_a_narrow_terminal(tmp_path):
+    """An id is what a user copies into the next command: it is never cut, even at 80 columns."""
+    from tests.conftest import run_cli
+
+    store = Store.open(str(tmp_path / "s.db"))
+    ids = [store.create_run(f"a run with a rather long descriptive name {i}", {}) for i in range(2)]
+    store.close()
+    p = run_cli("runs", "list", "--db", str(tmp_path / "s.db"), env={"COLUMNS": "80"})
+    assert p.returncode == 0, p.stderr
+    assert all(i in p.stdout for i in ids), p.stdout
+
+
 def test_upgrading_an_older_store_keeps_every_row(db_url):
     """Migrations that rebuild a table (SQLite batch mode) must not cascade-delete what points at it."""
     from sqlalchemy import create_engine
