@@ -150,18 +150,23 @@ class Engine:
         except BaseException as e:  # the scheduler itself failed: nobody left waiting, the next ones get a new engine
             with self._closing:
                 self._closed = True
-            while True:
-                try:
-                    r = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if r is not None:
-                    waiting.append(r)
-            for r in [*new, *waiting, *(j.request for j in jobs)]:
-                if not r.future.done():
-                    r.future.set_exception(e if isinstance(e, Exception) else
-                                           RuntimeError(f"the generation engine stopped: {e!r}"))
+            queued, _ = self._take_queued()
+            _fail([*new, *waiting, *queued, *(j.request for j in jobs)],
+                  e if isinstance(e, Exception) else RuntimeError(f"the generation engine stopped: {e!r}"))
             # the thread ends here: its error has reached every request it held
+
+    def _take_queued(self) -> tuple[list[Request], bool]:
+        """The requests queued so far, and whether the end marker was among them."""
+        requests, end = [], False
+        while True:
+            try:
+                r = self._queue.get_nowait()
+            except queue.Empty:
+                return requests, end
+            if r is None:
+                end = True
+            else:
+                requests.append(r)
 
     def _schedule_loop(self, waiting: deque[Request], jobs: list[_Job], new: list[Request]) -> None:
         closing = False
@@ -174,15 +179,9 @@ class Engine:
                     return
                 waiting.append(first)
                 time.sleep(self.window)  # requests sent together arrive together
-            while True:
-                try:
-                    r = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if r is None:
-                    closing = True
-                else:
-                    waiting.append(r)
+            queued, end = self._take_queued()
+            waiting.extend(queued)
+            closing = closing or end
             rows = sum(_rows(j.request) for j in jobs)
             new.clear()
             while waiting and (not jobs and not new or rows + _rows(waiting[0]) <= self.max_rows):
@@ -215,9 +214,7 @@ class Engine:
                 jobs.remove(job)
                 job.request.future.set_result(done)
         except Exception as e:
-            for r in [*new, *(j.request for j in jobs)]:  # `new` too: the failure may come before admission
-                if not r.future.done():
-                    r.future.set_exception(e)
+            _fail([*new, *(j.request for j in jobs)], e)  # `new` too: the failure may come before admission
             for job in jobs:
                 for s in job.sequences:
                     s.kv = []  # freed now, not when a garbage collection breaks the job <-> sequence cycle
@@ -231,9 +228,9 @@ class Engine:
                                   enabled=getattr(loaded, "autocast", False))
         with loaded.lock, torch.inference_mode(), autocast:
             prefixes = loaded.prefixes
-            version = getattr(loaded, "weights_version", None)
+            version = self._weights_version()
             if prefixes is not None and version is not None:
-                prefixes.keep_only(version())  # weights trained since: stale entries go
+                prefixes.keep_only(version)  # weights trained since: stale entries go
             for r in new:
                 try:
                     jobs.append(self._admit(r, prefixes))
@@ -257,6 +254,11 @@ class Engine:
                 if row is not None:
                     self._advance(s, row, prefixes)
 
+    def _weights_version(self) -> Any:
+        """The trained weights' version (a trainer's live student counts its optimizer steps), else None."""
+        version = getattr(self.loaded, "weights_version", None)
+        return version() if version is not None else None
+
     def _admit(self, request: Request, prefixes) -> _Job:
         import torch
 
@@ -267,10 +269,8 @@ class Engine:
         if not isinstance(request.max_tokens, int) or request.max_tokens < 0:
             raise ValueError(f"max_tokens must be a whole number >= 0, not {request.max_tokens!r}")
         job = _Job(request, prompt, started=time.perf_counter())
-        version = getattr(self.loaded, "weights_version", None)
-        job.version = version() if version is not None else None
+        job.version = self._weights_version()
         if request.max_tokens == 0:  # nothing to generate: no forward pass
-            job.prefilled = True
             job.sequences.append(_Sequence(job, list(prompt), [], finish="length"))
             return job
         layers, cached = prefixes.match(prompt) if prefixes is not None else (None, 0)
@@ -348,8 +348,7 @@ class Engine:
         job, r = s.job, s.job.request
         if not job.prefilled:
             job.prefilled = True
-            version = getattr(self.loaded, "weights_version", None)
-            if prefixes is not None and (version is None or version() == job.version):
+            if prefixes is not None and self._weights_version() == job.version:
                 # tensors of their own, sized to the prompt, not views of the buffers
                 prefixes.store(job.prompt, [(k[:, :s.length].clone(), v[:, :s.length].clone()) for k, v in s.kv])
             if r.temperature > 0:
@@ -386,6 +385,13 @@ class Engine:
                     text, finish = text[: text.index(stop)], "stop"
             out.append(Completion(text, model.id, len(job.prompt), len(s.out), 0.0, latency, finish, job.cached))
         return fill_samples(out, r.n, model.price)
+
+
+def _fail(requests: list[Request], error: BaseException) -> None:
+    """Each request not answered yet gets `error`."""
+    for r in requests:
+        if not r.future.done():
+            r.future.set_exception(error)
 
 
 def _rows(request: Request) -> int:
