@@ -283,3 +283,82 @@ def test_a_step_with_mixed_calls_round_trips_and_writes_survive_a_dropped_connec
             store.start_episode(run_id, 2, tid, role="student", policy_id="x")
     assert store.stats()["steps"] == 2
     store.close()
+
+
+def _backends(url: str, application: str) -> int:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+                            (application,)).fetchone()[0]
+
+
+@pytest.mark.postgres
+def test_a_store_holds_one_server_connection_shared_by_reads_and_hot_writes(pg_url):
+    """Each connection a store keeps is a server backend out of max_connections (100 by default), and a cluster
+    run keeps a store in every env actor: reads and the hot writes share one pool, so a store doing one thing at a
+    time holds one connection (two before: a second pool for the writes). The step writer's autocommit does not
+    leak into the next transaction on that connection, and a connection the server dropped while idle is still
+    replaced before a read, as pool_pre_ping did."""
+    from sqlalchemy import update
+
+    from agentdistill.store.models import Episode
+
+    url = pg_url + "?application_name=one-pool-test"
+    Store.open(url).close()
+    store = Store.open(url, migrate_fresh=False, create=False)  # as an env actor opens it
+    assert _backends(pg_url, "one-pool-test") == 1
+    run_id = store.create_run("t", {})
+    ep = store.start_episode(run_id, 0, store.task_id("textworld", "g", 0, "test"), role="teacher", policy_id="expert")
+    store.set_episode_metrics(ep, {"ray": {"node": "n"}})  # an actor's episode: metrics, its task, replay, steps
+    store.task_id("textworld", "g", 0, "test", goal="win")
+    assert store.steps(ep) == []
+    for i in range(3):
+        store.add_step(ep, StepRecord(i, f"o{i}", "look", calls=[{"model": "m", "messages": [], "outputs": ["look"]}]))
+    store.finish_episode(ep, success=True)
+    assert _backends(pg_url, "one-pool-test") == 1
+    with store.session() as s:  # after the step writer's autocommit: a transaction that rolls back leaves nothing
+        s.execute(update(Episode).where(Episode.id == ep).values(error="never committed"))
+        s.rollback()
+    (got,) = store.episodes(run_id=run_id)
+    assert (got.error, got.n_steps, got.metrics) == (None, 3, {"ray": {"node": "n"}})
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:  # the server drops the idle pooled connection
+        assert conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                            "WHERE application_name = 'one-pool-test'").fetchone()[0] == 1
+    assert [e.n_steps for e in store.episodes(run_id=run_id)] == [3]  # a read: pinged, replaced, answered
+    store.add_step(ep, StepRecord(3, "o3", "look"))
+    assert _backends(pg_url, "one-pool-test") == 1
+    store.close()
+    assert _backends(pg_url, "one-pool-test") == 0
+
+
+@pytest.mark.postgres
+def test_a_server_with_no_free_connection_is_one_line_naming_max_connections():
+    """A server whose connection slots are all taken (too many env actors, other clients) answers each new
+    connection with SQLSTATE 53300: the store says so, and how to fix it, instead of 'is the server running?'."""
+    from contextlib import ExitStack
+
+    import psycopg
+
+    from agentdistill.testing import PostgresUnavailable, throwaway_postgres
+
+    with ExitStack() as stack:
+        try:
+            url, _ = stack.enter_context(throwaway_postgres("agentdistill", "full", "max_connections=4",
+                                                            "superuser_reserved_connections=0", "fsync=off"))
+        except PostgresUnavailable as e:
+            pytest.skip(str(e))
+        held = [stack.enter_context(psycopg.connect(url)) for _ in range(4)]
+        with pytest.raises(AgentDistillError) as e:
+            Store.open(url)
+        message = str(e.value)
+        assert "no free connection" in message and "max_connections" in message and "\n" not in message
+        assert "check that the server is running" not in message
+        for conn in held:
+            conn.close()
+        store = Store.open(url)
+        room = db.server_room(store.engine)  # what the Ray executor sizes its env actors by
+        store.close()
+        assert (room.usable, room.max_connections) == (4, 4) and 1 <= room.in_use <= 2

@@ -7,11 +7,15 @@ from `--db` or `AGENTDISTILL_DB`.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from contextvars import ContextVar
 from pathlib import Path
+from typing import NamedTuple
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError
 
 from agentdistill.errors import ConfigError
 from agentdistill.secrets import register as register_secret
@@ -63,8 +67,16 @@ def describe(url: str) -> str:
 
 
 def make_engine(url: str) -> Engine:
+    """The store's engine: transactions, as any SQLAlchemy engine."""
+    return make_engines(url)[0]
+
+
+def make_engines(url: str) -> tuple[Engine, Engine]:
+    """(the store's engine, the engine of its hot single-statement writes: a step, an episode's start and finish).
+    On PostgreSQL both share one pool whose connections are in autocommit, used as they are by the hot writes
+    (inside `unpinged()`) and switched into transactions by the first; SQLite: the same engine twice."""
     try:
-        return _make_engine(url)
+        return _make_engines(url)
     except ModuleNotFoundError as e:
         raise ConfigError(f"database driver missing ({e.name}): pip install 'agentdistill[postgres]'") from e
     except NoSuchModuleError:  # `notadialect://...`, `sqlite+nosuch://...`
@@ -72,7 +84,7 @@ def make_engine(url: str) -> Engine:
                           "postgresql://user@host/db") from None
 
 
-def _make_engine(url: str) -> Engine:
+def _make_engines(url: str) -> tuple[Engine, Engine]:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30})
 
@@ -84,18 +96,76 @@ def _make_engine(url: str) -> Engine:
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 
-        return engine
-    return create_engine(url, pool_pre_ping=True)
+        return engine, engine  # no server, nothing to ping; a write is a transaction either way
+    # One pool for reads and the hot writes: each connection a store keeps is a server backend, and a cluster
+    # run keeps a store in every env actor (a second pool held a second idle connection in each: 2 per actor).
+    # Its connections are in autocommit, as the hot writes want them (a single statement commits, no BEGIN and
+    # COMMIT round trips), so those pay for no switching; the store's engine switches them into transactions at
+    # checkout and back on return. Liveness is checked at checkout as pool_pre_ping would, except for the hot
+    # writes (see `unpinged`). Nothing is left to reset on return: a connection out of a transaction is in
+    # autocommit.
+    writes = create_engine(url, pool_pre_ping=False, isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
+    event.listen(writes, "checkout", _ping_unless_unpinged(writes.dialect))
+    return writes.execution_options(isolation_level="READ COMMITTED"), writes
 
 
-def write_engine(engine: Engine) -> Engine:
-    """The pool for a run's hot single-statement writes (a step, an episode's start and finish): on
-    PostgreSQL autocommit and no liveness ping at checkout (a round trip of its own per write); a write
-    that finds its connection dead goes again once on a fresh one (Store._write, PostgresStepWriter).
-    SQLite: the engine itself (no server, nothing to ping)."""
+_UNPINGED: ContextVar[bool] = ContextVar("agentdistill_unpinged", default=False)
+
+
+@contextmanager
+def unpinged() -> Iterator[None]:
+    """Checkouts in this block skip the liveness ping: a hot write (a step, an episode's start and finish) is a
+    single statement that goes again once on a fresh connection if it finds its own dead (Store._write,
+    PostgresStepWriter), so a ping would only add a round trip to every write."""
+    token = _UNPINGED.set(True)
+    try:
+        yield
+    finally:
+        _UNPINGED.reset(token)
+
+
+def _ping_unless_unpinged(dialect):
+    """pool_pre_ping's check as a checkout event: a connection the server dropped while it sat in the pool (a
+    restart, an idle timeout) is replaced before a read uses it (DisconnectionError: the pool takes another)."""
+
+    def ping(dbapi_connection, _record, _proxy) -> None:
+        if _UNPINGED.get():
+            return
+        try:
+            dialect.do_ping(dbapi_connection)
+        except dialect.loaded_dbapi.Error as e:
+            if dialect.is_disconnect(e, dbapi_connection, None):
+                raise DisconnectionError() from e
+            raise
+
+    return ping
+
+
+class ServerRoom(NamedTuple):
+    """A PostgreSQL server's client connections: how many a role like the store's may hold in all (max_connections
+    less the slots reserved for superusers and, on PostgreSQL 16+, for pg_use_reserved_connections), how many are
+    open now (anyone's), and the server's max_connections."""
+
+    usable: int
+    in_use: int
+    max_connections: int
+
+    @property
+    def free(self) -> int:
+        return max(self.usable - self.in_use, 0)
+
+
+def server_room(engine: Engine) -> ServerRoom | None:
+    """The connections the store's server has room for; None on SQLite (no server)."""
     if engine.dialect.name != "postgresql":
-        return engine
-    return create_engine(engine.url, pool_pre_ping=False, isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
+        return None
+    with engine.connect() as conn:
+        most, su_reserved, reserved, superuser, in_use = conn.exec_driver_sql(
+            "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int,"
+            " coalesce(current_setting('reserved_connections', true)::int, 0),"
+            " (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),"
+            " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')").one()
+    return ServerRoom(most - (0 if superuser else su_reserved + reserved), in_use, most)
 
 
 def alembic_config(engine: Engine):
@@ -118,9 +188,9 @@ def scripts_head_revision() -> str:
     return ScriptDirectory.from_config(alembic_config(create_engine("sqlite://"))).get_current_head()
 
 
-def current_revision(engine: Engine) -> str | None:
+def current_revision(engine: Engine | Connection) -> str | None:
     """The database's schema revision, as Alembic records it (None for a database it never migrated)."""
-    with engine.connect() as conn:
+    with engine.connect() if isinstance(engine, Engine) else nullcontext(engine) as conn:
         if not inspect(conn).has_table("alembic_version"):
             return None
         versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()

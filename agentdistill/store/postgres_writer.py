@@ -2,8 +2,8 @@
 
 A step and its model calls are one statement in autocommit (the step inserted in a CTE, the calls reading
 its new id), sent straight to the driver and prepared by the server once per connection and statement
-shape, on a connection of the store's write pool (db.write_engine: no liveness ping at checkout, which
-is a second round trip). SQLAlchemy's statement layer cost more client CPU than the write itself
+shape, on a connection of the store's pool checked out without a liveness ping (db.unpinged: a ping is a
+second round trip). SQLAlchemy's statement layer cost more client CPU than the write itself
 (benchmarks/store_write_rate.py: the writers' Python was what bounded the rate on one machine).
 
 A connection found dead by a write (a server restart, an idle timeout, pg_terminate_backend) is dropped and
@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Engine, func, select
 
+from agentdistill.store.db import unpinged
 from agentdistill.store.models import ModelCall, Step
 
 
@@ -26,7 +27,7 @@ class PostgresStepWriter:
     def __init__(self, engine: Engine):
         import psycopg
 
-        self.engine = engine  # db.write_engine's: autocommit, no ping
+        self.engine = engine  # the store's pool: its connections in autocommit, checked out without a ping
         self._psycopg = psycopg
         self._json = {c.name for t in (Step.__table__, ModelCall.__table__) for c in t.columns
                       if isinstance(c.type, JSON)}
@@ -43,9 +44,12 @@ class PostgresStepWriter:
             params += [self._value(c, r[c] if c in r else self._default(c)) for c in self._call_cols]
         retried = False
         while True:
-            pooled = self.engine.raw_connection()
+            with unpinged():
+                pooled = self.engine.raw_connection()
+            conn = pooled.driver_connection
+            assert conn.autocommit  # the pool's connections are (db.make_engine): a lone statement commits
             try:
-                step_id = pooled.driver_connection.execute(sql, params, prepare=True).fetchone()[0]  # one row per call
+                step_id = conn.execute(sql, params, prepare=True).fetchone()[0]  # one row per call
             except self._psycopg.errors.UniqueViolation as e:
                 pooled.close()
                 if not retried or e.diag.constraint_name != "uq_step_idx":
@@ -55,7 +59,7 @@ class PostgresStepWriter:
                     raise
                 return stored
             except self._psycopg.Error:
-                if pooled.driver_connection.broken and not retried:
+                if conn.broken and not retried:
                     pooled.invalidate()  # dead: the write goes again on a fresh connection
                     retried = True
                     continue

@@ -7,6 +7,7 @@ is chosen), so a crash loses at most the step in flight.
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -24,9 +25,17 @@ from agentdistill.store.models import Base, Episode, ModelCall, Run, Stage, Step
 from agentdistill.store.postgres_writer import PostgresStepWriter
 
 
+# SQLSTATE 53300 as the server words it: every slot taken, or only the reserved ones left
+_NO_FREE_CONNECTION = re.compile(r"too many clients|remaining connection slots are reserved")
+
+
 def _db_problem(url: str, e: Exception) -> str:
     detail = str(getattr(e, "orig", e)).strip().splitlines()[0][:200] if str(getattr(e, "orig", e)).strip() else type(e).__name__
     where = db.describe(url)
+    if _NO_FREE_CONNECTION.search(detail):  # connection slots taken: the server is up and full
+        return (f"the PostgreSQL server at {where} has no free connection (all of its max_connections are in use): "
+                "raise max_connections (postgresql.conf, then restart the server) or open fewer (a cluster run's env "
+                "actors hold one each: runner.concurrency)")
     if url.startswith("sqlite"):
         return (f"{where} cannot be used as a store ({detail}): it is not an SQLite database or is damaged; "
                 "point --db at another file")
@@ -39,7 +48,7 @@ class _creation_lock:
     PostgreSQL: a session advisory lock)."""
 
     def __init__(self, engine: Engine):
-        self.engine, self._lock, self._conn = engine, None, None
+        self.engine, self._lock, self.conn = engine, None, None
 
     def __enter__(self):
         if self.engine.dialect.name == "sqlite" and self.engine.url.database not in (None, "", ":memory:"):
@@ -54,18 +63,18 @@ class _creation_lock:
             self._lock = FileLock(str(cache_dir() / "locks" / f"store-{key}.lock"))
             self._lock.acquire()
         elif self.engine.dialect.name == "postgresql":
-            self._conn = self.engine.connect()
-            self._conn.exec_driver_sql("SELECT pg_advisory_lock(727274)")  # any fixed key of ours
+            self.conn = self.engine.connect()
+            self.conn.exec_driver_sql("SELECT pg_advisory_lock(727274)")  # any fixed key of ours
         return self
 
     def __exit__(self, *exc):
         if self._lock is not None:
             self._lock.release()
-        if self._conn is not None:
+        if self.conn is not None:
             try:
-                self._conn.exec_driver_sql("SELECT pg_advisory_unlock(727274)")
+                self.conn.exec_driver_sql("SELECT pg_advisory_unlock(727274)")
             finally:
-                self._conn.close()
+                self.conn.close()
 
 
 def latest_attempt():
@@ -170,10 +179,11 @@ class StepRecord:
 
 
 class Store:
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, writes: Engine | None = None):
+        """`engine` for everything; `writes` (db.make_engines) for the single-statement writes of every step."""
         self.engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
-        self._writes = db.write_engine(engine)
+        self._writes = writes or engine
         self._step_writer = PostgresStepWriter(self._writes) if engine.dialect.name == "postgresql" else None
 
     @classmethod
@@ -185,12 +195,13 @@ class Store:
         server that does not answer, a database that holds someone else's tables."""
         url = db.resolve_url(url_or_path)
         db.check_location(url, create)
-        engine = db.make_engine(url)
+        engine, writes = db.make_engines(url)
         try:
-            with _creation_lock(engine):
-                current, head = db.current_revision(engine), db.head_revision()
+            with _creation_lock(engine) as lock:
+                # read on the lock's connection, if it has one: a second one would stay in the pool, idle
+                current, head = db.current_revision(lock.conn or engine), db.head_revision()
                 if current is None:
-                    foreign = sorted(set(inspect(engine).get_table_names()) - {"alembic_version"})
+                    foreign = sorted(set(inspect(lock.conn or engine).get_table_names()) - {"alembic_version"})
                     if foreign:
                         raise AgentDistillError(
                             f"{db.describe(url)} already holds tables that are not agentdistill's "
@@ -211,22 +222,21 @@ class Store:
                 f"store schema is at revision {current}, this agentdistill needs {head}: "
                 "run `agentdistill db upgrade` (back up the database first)"
             )
-        return cls(engine)
+        return cls(engine, writes)
 
     def session(self) -> Session:
         return self._sessions()
 
     def close(self) -> None:
-        self._writes.dispose()
-        self.engine.dispose()
+        self.engine.dispose()  # the write engine shares its pool
 
     def _write(self, statement, params: dict[str, Any], lost_reply: Callable[[], Any] | None = None):
-        """One statement on the write pool, its result. A connection found dead (no ping before: db.write_engine)
+        """One statement in autocommit, its result. A connection found dead (no ping before: db.unpinged)
         is replaced and the statement sent once more; if that meets a unique key, the first one may have been
         committed with its reply lost: `lost_reply()` returns what it wrote (None: a real conflict, raised)."""
         for retried in (False, True):
             try:
-                with self._writes.begin() as conn:
+                with db.unpinged(), self._writes.begin() as conn:
                     result = conn.execute(statement, params)
                     return result.scalar_one() if result.returns_rows else result.rowcount
             except IntegrityError:
@@ -323,7 +333,7 @@ class Store:
     def _started_before(self, run_id: str, plan_index: int, attempt: int, task_id: int) -> int | None:
         """The episode at (run, plan index, attempt) if it can be our own INSERT whose reply was lost: of this
         task, still running, no step yet."""
-        with self._writes.connect() as conn:
+        with db.unpinged(), self._writes.connect() as conn:
             return conn.execute(select(Episode.id).where(
                 Episode.run_id == run_id, Episode.plan_index == plan_index, Episode.attempt == attempt,
                 Episode.task_id == task_id, Episode.status == "running",
