@@ -19,7 +19,7 @@ from sqlalchemy.exc import DatabaseError, DBAPIError, IntegrityError, Operationa
 from sqlalchemy.orm import Session, aliased, selectinload, sessionmaker
 
 from agentdistill.errors import AgentDistillError
-from agentdistill.secrets import redact, scrub
+from agentdistill.secrets import redact, scrub, values as secret_values
 from agentdistill.store import db
 from agentdistill.store.models import Base, Episode, ModelCall, Run, Stage, Step, Task, utcnow
 from agentdistill.store.postgres_writer import PostgresStepWriter
@@ -111,12 +111,14 @@ _FINISH_EPISODE = update(Episode).where(Episode.id == bindparam("b_episode_id"))
     cost=_episode_total(func.sum(Step.cost), 0.0))
 
 
-def bounded(text: str | None, field: str, truncated: dict[str, int]) -> str | None:
-    """`text` redacted and cut to MAX_FIELD_CHARS with a visible marker; the full length goes to `truncated`."""
-    if text is None:
-        return None
-    text = redact(text)
-    if len(text) <= MAX_FIELD_CHARS:
+def bounded(text: str | None, field: str, truncated: dict[str, int], secrets: list[str] | None = None) -> str | None:
+    """`text` redacted and cut to MAX_FIELD_CHARS with a visible marker; the full length goes to `truncated`.
+    `secrets`: secrets.values() taken once for a whole row."""
+    return None if text is None else _cut(redact(text, secrets), field, truncated)
+
+
+def _cut(text: str | None, field: str, truncated: dict[str, int]) -> str | None:
+    if text is None or len(text) <= MAX_FIELD_CHARS:
         return text
     truncated[field] = len(text)
     return text[:MAX_FIELD_CHARS] + f"\n[... truncated by agentdistill: {len(text)} characters in all]"
@@ -125,11 +127,12 @@ def bounded(text: str | None, field: str, truncated: dict[str, int]) -> str | No
 def call_row(step_id: int, call: dict[str, Any]) -> dict[str, Any]:
     """A model_calls row: secrets redacted, prompt and output texts bounded (sizes kept in params.truncated)."""
     truncated: dict[str, int] = {}
-    messages = [{**m, "content": bounded(m.get("content"), f"messages[{i}]", truncated)} if isinstance(m, dict) else m
-                for i, m in enumerate(scrub(call.get("messages") or []))]
-    outputs = [bounded(o, f"outputs[{i}]", truncated) if isinstance(o, str) else o
+    secrets = secret_values()
+    messages = [{**m, "content": _cut(m.get("content"), f"messages[{i}]", truncated)} if isinstance(m, dict) else m
+                for i, m in enumerate(scrub(call.get("messages") or [], secrets))]  # scrubbed: only cut here
+    outputs = [bounded(o, f"outputs[{i}]", truncated, secrets) if isinstance(o, str) else o
                for i, o in enumerate(call.get("outputs") or [])]
-    params = scrub(call.get("params") or {})
+    params = scrub(call.get("params") or {}, secrets)
     if truncated:
         params = {**params, "truncated": truncated}
     return {**call, "step_id": step_id, "messages": messages, "outputs": outputs, "params": params}
@@ -158,9 +161,10 @@ class StepRecord:
     def row(self, episode_id: int) -> dict[str, Any]:
         """The steps row: secrets redacted, each text field bounded (the full size kept in info.truncated)."""
         truncated: dict[str, int] = {}
-        text = {f: bounded(getattr(self, f), f, truncated)
+        secrets = secret_values()
+        text = {f: bounded(getattr(self, f), f, truncated, secrets)
                 for f in ("observation", "action", "thought", "raw_output", "next_observation")}
-        info = scrub(self.info or {})
+        info = scrub(self.info or {}, secrets)
         if truncated:
             info = {**info, "truncated": {**info.get("truncated", {}), **truncated}}
         return {
