@@ -562,3 +562,77 @@ def test_trace2skill_analysts_and_spark_tasks_fan_out_on_the_cluster(cluster, pg
     eps = store.episodes(run_id=spark.run_id)
     assert sorted(e.task.variation for e in eps) == [0, 1] and all(e.success for e in eps)
     assert all(e.metrics["ray"]["pid"] != os.getpid() for e in eps)  # each task explored in a Ray task
+
+
+@pytest.fixture
+def small_pg():
+    """A PostgreSQL server of its own with `max_connections` as given (the shared one has the default 100)."""
+    from contextlib import ExitStack
+
+    from agentdistill.testing import PostgresUnavailable, throwaway_postgres
+
+    with ExitStack() as stack:
+        def start(max_connections: int) -> str:
+            try:
+                url, _ = stack.enter_context(throwaway_postgres(
+                    "agentdistill", "small", f"max_connections={max_connections}", "superuser_reserved_connections=0",
+                    "fsync=off"))
+            except PostgresUnavailable as e:
+                pytest.skip(str(e))
+            Store.open(url).close()
+            return url
+        yield start
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.postgres
+def test_env_actors_are_sized_to_the_connections_the_server_has_free(cluster, small_pg, tmp_path):
+    """Each env actor's store holds one connection to the server. With too few free for `concurrency` actors
+    (a default server has 100: a cluster run of 64 held 2 each, and a full server made every actor fail to start,
+    each episode erroring with 'check that the server is running'), the run plays on as many actors as fit, with a
+    warning; the pipeline plays its eval arms in groups that fit; a server with none free is refused in one line
+    before a run is stored."""
+    from agentdistill.testing import OpenAIStub
+
+    url = small_pg(6)  # the driver holds 1-2 and keeps 2 spare: 2 or 3 free for actors
+    recipe = tmp_path / "few.toml"
+    recipe.write_text('name = "few"\n[env]\nname = "textworld"\nsplit = "train"\ntasks = ["easy"]\nvariations = 8\n'
+                      f'[teacher]\npolicy = "expert"\n[runner]\nconcurrency = 4\nmax_steps = 5\nexecutor = "ray"\n'
+                      f'address = "{cluster.address}"\nkeep_envs_s = 0\n')
+    p = _cli("run", str(recipe), "--db", url, "--no-progress")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "connections free and each env actor or Ray task holds one" in p.stderr and "instead of 4" in p.stderr
+    store = Store.open(url)
+    (run,) = [r["run"] for r in store.list_runs() if r["run"].name == "few"]
+    eps = store.episodes(run_id=run.id, attempts="all")
+    assert len(eps) == 8 and all(e.status == "done" and e.success for e in eps)  # no attempt lost, none retried
+    assert 2 <= len({e.metrics["ray"]["pid"] for e in eps}) <= 3  # the actors that fit, reused
+    store.close()
+
+    with OpenAIStub("Action: look") as stub:  # two eval arms of 2 actors each: 4 do not fit, so one arm at a time
+        pipeline = tmp_path / "arms.toml"
+        pipeline.write_text(f'name = "arms"\n[env]\nname = "textworld"\nsplit = "test"\ntasks = ["easy"]\nvariations = 2\n'
+                            f'[teacher]\npolicy = "expert"\n[student]\nmodel = "openai/stub"\napi_base = "{stub.url}"\n'
+                            f'[runner]\nconcurrency = 2\nmax_steps = 3\nexecutor = "ray"\naddress = "{cluster.address}"\n'
+                            '[collect]\nsplit = "train"\nvariations = 1\n[eval]\narms = ["base", "teacher"]\n'
+                            '[report]\nbase = "base"\n')
+        p = _cli("run", str(pipeline), "--db", url, "--no-progress")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "eval: 1 of 2 arms at a time" in p.stdout, p.stdout
+    store = Store.open(url)
+    arms = [r["run"] for r in store.list_runs() if r["run"].name in ("arms:base", "arms:teacher")]
+    assert len(arms) == 2 and all(e.status == "done" for r in arms for e in store.episodes(run_id=r.id, attempts="all"))
+    top = next(r["run"] for r in store.list_runs() if r["run"].name == "arms")
+    spans = sorted((st.started_at, st.finished_at) for st in store.stages(top.id) if st.kind == "eval")
+    assert len(spans) == 2 and spans[0][1] <= spans[1][0], spans  # one after the other
+    store.close()
+
+    full = small_pg(3)  # the driver's own connections leave nothing for an actor
+    p = _cli("run", str(recipe), "--db", full, "--no-progress", timeout=300)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode != 0 and len(lines) == 1 and "no connection free for env actors" in lines[0], p.stderr
+    assert "max_connections" in lines[0] and "Traceback" not in p.stderr
+    store = Store.open(full)
+    assert [r for r in store.list_runs() if r["run"].name == "few"] == []
+    store.close()

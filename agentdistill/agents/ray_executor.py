@@ -90,10 +90,10 @@ def _sqlite_refusal(where: str) -> ConfigError:
 class RayCluster:
     """A connection to a Ray cluster, checked for what a run needs before the run is created."""
 
-    def __init__(self, address: str | None, store_url: str, *, cpus: float, gpus: float,
-                 resources: dict[str, float]):
+    def __init__(self, address: str | None, store, *, cpus: float, gpus: float, resources: dict[str, float]):
         ray = _ray()
-        self.store_url = store_url
+        self.store = store  # the driver's: how many connections its server has free
+        self.store_url = store_url = store.engine.url.render_as_string(hide_password=False)
         sqlite = store_url.startswith("sqlite")
         if store_url in ("sqlite://", "sqlite:///:memory:"):
             raise _sqlite_refusal("Ray actors (an in-memory database lives in one process)")
@@ -132,6 +132,53 @@ class RayCluster:
                               "gpus_per_episode / resources or add nodes that have them")
         self.nodes = len(nodes)
         self.cpus, self.gpus, self.resources = cpus, gpus, dict(resources)
+        # env actors the cluster holds at once, by what each reserves (the others wait for room)
+        fits = [int(total.get(k, 0) / v + 1e-9) for k, v in wanted.items() if v > 0]
+        self.slots = min(fits) if fits else None  # None: actors that reserve nothing all fit
+
+    def actors_the_store_takes(self, wanted: int) -> int:
+        """How many of `wanted` env actors to start: each one's store holds a connection to the PostgreSQL server,
+        so no more than the server has free for those that can run at once. Fewer than wanted: a warning; none:
+        one line."""
+        free = self._connections_free()
+        if free is None or self._at_once(wanted) <= free:
+            return wanted
+        log.warning("the PostgreSQL server at %s has %d connections free and each env actor or Ray task holds one: "
+                    "%d run at once instead of %d; raise its max_connections to run them all at once",
+                    self._where(), free, free, self._at_once(wanted))
+        return free
+
+    def runs_at_once(self, runs: int, actors_each: int) -> int:
+        """How many runs of `actors_each` env actors to play side by side (the pipeline's eval arms): all of them,
+        unless the PostgreSQL server has too few connections free for all their actors at once."""
+        free = self._connections_free()
+        if free is None or self._at_once(runs * actors_each) <= free:
+            return runs
+        return max(1, free // self._at_once(actors_each))
+
+    def _at_once(self, actors: int) -> int:
+        return actors if self.slots is None else min(actors, self.slots)
+
+    def _connections_free(self) -> int | None:
+        """Connections the store's PostgreSQL server has free for env actors (None: SQLite). This process's kept
+        actors count as free, since they are reused or stopped first; the driver's own store keeps a few."""
+        from agentdistill.store import db
+
+        room = db.server_room(self.store.engine)
+        if room is None:
+            return None
+        free = room.free + len(KEPT_ACTORS) - DRIVER_CONNECTIONS
+        if free < 1:
+            raise ConfigError(
+                f"the PostgreSQL server at {self._where()} has no connection free for env actors ({room.in_use} of "
+                f"{room.usable} in use; each actor holds one): raise its max_connections (postgresql.conf, then "
+                "restart it) or close other clients")
+        return free
+
+    def _where(self) -> str:
+        from agentdistill.store import db
+
+        return db.describe(self.store_url)
 
 
 class _EnvActor:
@@ -216,6 +263,7 @@ class _EnvActor:
         self.store.close()
 
 
+DRIVER_CONNECTIONS = 2  # what the driver's own store may hold meanwhile (a read beside a write)
 MAX_STARTS = 8  # tries to get a new actor up for one slot before the episode waiting for it fails
 CLOSE_WAIT_S = 30.0  # how long stopping actors waits for their envs to close before killing them
 
@@ -475,8 +523,14 @@ def fan_out(cluster: RayCluster, fn, items: list[tuple]) -> list[Any]:
     KEPT_ACTORS.stop_all(wait=False)  # env actors kept from a run hold the CPUs these tasks need
     remote = ray.remote(fn).options(num_cpus=cluster.cpus, num_gpus=cluster.gpus, resources=cluster.resources or None,
                                     scheduling_strategy="SPREAD", max_retries=1)
-    refs = [remote.remote(*item) for item in items]
+    at_once = cluster.actors_the_store_takes(len(items))  # each task opens a store: a server connection
+    refs = [remote.remote(*item) for item in items[:at_once]]
+    running = list(refs)
     try:
+        while len(refs) < len(items):  # one more as each finishes
+            _, running = ray.wait(running, num_returns=1)
+            refs.append(remote.remote(*items[len(refs)]))
+            running.append(refs[-1])
         return ray.get(refs)
     except BaseException as e:  # the others must not go on writing for a stage that has failed
         for ref in refs:

@@ -226,9 +226,10 @@ def _policies_and_actors(store: Store, recipe: Recipe) -> tuple[dict[str, Policy
         return None, None
     from agentdistill.agents.ray_executor import RayExecutor
 
+    size = cluster.actors_the_store_takes(recipe.runner.concurrency)
     policies = build_policies(store, recipe)
-    return policies, RayExecutor(cluster, recipe.model_dump(mode="json"), max_steps_per_role(recipe),
-                                 recipe.runner.concurrency, recipe.runner.keep_envs_s)
+    return policies, RayExecutor(cluster, recipe.model_dump(mode="json"), max_steps_per_role(recipe), size,
+                                 recipe.runner.keep_envs_s)
 
 
 def max_steps_per_role(recipe: Recipe) -> dict[str, int]:
@@ -243,7 +244,7 @@ def connect_executor(store: Store, recipe: Recipe):
     from agentdistill.agents.ray_executor import RayCluster
 
     r = recipe.runner
-    return RayCluster(r.address, store.engine.url.render_as_string(hide_password=False),
+    return RayCluster(r.address, store,
                       cpus=r.cpus_per_episode, gpus=r.gpus_per_episode, resources=r.resources)
 
 

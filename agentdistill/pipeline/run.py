@@ -159,7 +159,15 @@ def run_pipeline(store: Store, recipe: Recipe, *, run_id: str | None = None, sta
 
     def flush() -> None:
         if pending:
-            outputs.update(_execute_together(store, run_id, pending, recipe, outputs, mine, say))
+            from agentdistill.agents.rollout import connect_executor
+
+            at_once = connect_executor(store, recipe).runs_at_once(len(pending), recipe.runner.concurrency)
+            if at_once < len(pending):
+                say(f"eval: {at_once} of {len(pending)} arms at a time: the PostgreSQL server has too few connections "
+                    "free for all their env actors (one each); raise its max_connections to play them all at once")
+            for first in range(0, len(pending), at_once):
+                group = pending[first:first + at_once]
+                outputs.update(_execute_together(store, run_id, group, recipe, outputs, mine, say))
             pending.clear()
             release_in_process_models()
 
