@@ -6,9 +6,14 @@ path: open an episode, commit each step in its own transaction together with one
 Goal: >= 2,000 steps/s in all, enough for 1,000 concurrent episodes at 2 steps/s each. The store writes a
 step and its calls as one statement on PostgreSQL (Store.add_step), so this measures that statement.
 
+Each writer count is measured `--rounds` times, the counts taking turns (the rates on a shared 2-core VM move
+by a quarter between minutes): the median and the range of the rounds are printed, with the server connections
+the writers held meanwhile (one per writer's store: a cluster run of 1,000 env actors needs 1,000, within the
+server's max_connections).
+
 The server is a throwaway one started here from the system's binaries (apt: postgresql) with its default
 durability (fsync on, synchronous_commit on), or `--url` for an existing server.
-Run: python benchmarks/store_write_rate.py [--writers 1,4,8,16] [--seconds 10] [--url postgresql://...]
+Run: python benchmarks/store_write_rate.py [--writers 1,4,8,16] [--seconds 10] [--rounds 3] [--url postgresql://...]
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -92,31 +98,52 @@ def measure(url: str, n: int, seconds: float, server_pid: int | None) -> tuple[f
         ready.get(timeout=300)
     cpu0 = server_cpu(server_pid)
     go.set()
+    time.sleep(seconds / 2)
+    held = connections(url, run_id)
     total = sum(out.get(timeout=seconds + 120) for _ in procs)
     for p in procs:
         p.join()
     time.sleep(0.5)  # backends exit and are reaped: their CPU time moves to the postmaster's children
-    return total / seconds, server_cpu(server_pid) - cpu0
+    return total / seconds, server_cpu(server_pid) - cpu0, held
+
+
+def connections(url: str, run_id: str) -> int:
+    """Client connections to the store's database now, other than this one's."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                            "AND backend_type = 'client backend' AND pid <> pg_backend_pid()").fetchone()[0]
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--writers", default="1,4,8,16")
     ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--rounds", type=int, default=3, help="measurements per writer count, the counts taking turns")
     ap.add_argument("--url", default=None, help="an existing PostgreSQL database (default: a throwaway server)")
     args = ap.parse_args()
     counts = [int(x) for x in args.writers.split(",")]
 
     def run(url, pid):
-        print(f"one transaction per step + a model-call row, {args.seconds:g} s per row; {os.cpu_count()} CPU cores "
-              f"shared by the writers and the server (and whatever else runs here)")
-        print(f"{'writers':>8} {'steps/s':>10} {'vs goal 2000':>13} {'server CPU ms/step':>19} "
-              f"{'steps/s per server core':>24}")
+        print(f"one transaction per step + a model-call row, {args.seconds:g} s per measurement, {args.rounds} rounds; "
+              f"{os.cpu_count()} CPU cores shared by the writers and the server (and whatever else runs here)")
+        found: dict[int, list[tuple[float, float, int]]] = {n: [] for n in counts}
+        for r in range(args.rounds):
+            for n in counts:
+                rate, cpu, held = measure(url, n, args.seconds, pid)
+                found[n].append((rate, cpu / max(rate * args.seconds, 1) * 1000, held))
+                print(f"  round {r + 1}, writers {n}: {rate:.0f} steps/s, server CPU "
+                      f"{found[n][-1][1] if pid else float('nan'):.3f} ms/step, {held} connections", flush=True)
+        print(f"{'writers':>8} {'steps/s median [range]':>24} {'vs goal 2000':>13} {'server CPU ms/step':>19} "
+              f"{'steps/s per server core':>24} {'connections':>12}")
         for n in counts:
-            rate, cpu = measure(url, n, args.seconds, pid)
-            per_step = cpu / max(rate * args.seconds, 1) * 1000
+            rates = sorted(f[0] for f in found[n])
+            per_step = statistics.median(f[1] for f in found[n])
             per_core = f"{1000 / per_step:.0f}" if pid and per_step > 0 else "-"
-            print(f"{n:>8} {rate:>10.0f} {rate / 2000:>12.2f}x {per_step if pid else float('nan'):>19.3f} {per_core:>24}")
+            span = f"{statistics.median(rates):.0f} [{rates[0]:.0f}, {rates[-1]:.0f}]"
+            print(f"{n:>8} {span:>24} {statistics.median(rates) / 2000:>12.2f}x "
+                  f"{per_step if pid else float('nan'):>19.3f} {per_core:>24} {max(f[2] for f in found[n]):>12}")
 
     if args.url:  # a remote server: its CPU cannot be read from here
         from agentdistill.errors import AgentDistillError
