@@ -99,7 +99,7 @@ def measure(url: str, n: int, seconds: float, server_pid: int | None) -> tuple[f
     cpu0 = server_cpu(server_pid)
     go.set()
     time.sleep(seconds / 2)
-    held = connections(url, run_id)
+    held = connections(url)
     total = sum(out.get(timeout=seconds + 120) for _ in procs)
     for p in procs:
         p.join()
@@ -107,7 +107,7 @@ def measure(url: str, n: int, seconds: float, server_pid: int | None) -> tuple[f
     return total / seconds, server_cpu(server_pid) - cpu0, held
 
 
-def connections(url: str, run_id: str) -> int:
+def connections(url: str) -> int:
     """Client connections to the store's database now, other than this one's."""
     import psycopg
 

@@ -337,7 +337,8 @@ def test_a_store_holds_one_server_connection_shared_by_reads_and_hot_writes(pg_u
 @pytest.mark.postgres
 def test_a_server_with_no_free_connection_is_one_line_naming_max_connections():
     """A server whose connection slots are all taken (too many env actors, other clients) answers each new
-    connection with SQLSTATE 53300: the store says so, and how to fix it, instead of 'is the server running?'."""
+    connection with SQLSTATE 53300: the store says so, and how to fix it, instead of 'is the server running?'.
+    The room the Ray executor sizes its actors by counts every role's connections."""
     from contextlib import ExitStack
 
     import psycopg
@@ -362,3 +363,19 @@ def test_a_server_with_no_free_connection_is_one_line_naming_max_connections():
         room = db.server_room(store.engine)  # what the Ray executor sizes its env actors by
         store.close()
         assert (room.usable, room.max_connections) == (4, 4) and 1 <= room.in_use <= 2
+
+        # a role that is not a superuser (as on most servers) sees other roles' sessions without their kind: they
+        # count all the same; and a store it may not read is one line saying so, not a failed cleanup's message
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("CREATE ROLE app LOGIN")
+            conn.execute("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM PUBLIC")
+        app_url = url.replace("agentdistill@", "app@")
+        other = stack.enter_context(psycopg.connect(url))  # a superuser's session the app role cannot look into
+        engine, _ = db.make_engines(db.resolve_url(app_url))
+        app_room = db.server_room(engine)
+        engine.dispose()
+        assert (app_room.usable, app_room.in_use) == (4, 2), app_room  # app's own connection and the other
+        other.close()
+        with pytest.raises(AgentDistillError) as e:
+            Store.open(app_url)
+        assert "permission denied for table alembic_version" in str(e.value) and "\n" not in str(e.value)

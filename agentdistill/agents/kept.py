@@ -55,6 +55,11 @@ class Kept:
         if not keep:
             self._stop_fn([(key, i) for i in instances], True)
 
+    def count(self, which: Callable[[Hashable], bool]) -> int:
+        """How many kept instances have a key for which `which` is true."""
+        with self._changed:
+            return sum(1 for key, _, _ in self._kept if which(key))
+
     def take(self, key: Hashable) -> Any | None:
         """A kept instance for `key`, no longer kept; None if there is none."""
         with self._changed:

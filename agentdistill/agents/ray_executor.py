@@ -161,13 +161,14 @@ class RayCluster:
 
     def _connections_free(self) -> int | None:
         """Connections the store's PostgreSQL server has free for env actors (None: SQLite). This process's kept
-        actors count as free, since they are reused or stopped first; the driver's own store keeps a few."""
+        actors on the same store count as free, since they are reused or stopped first; the driver's own store
+        keeps a few."""
         from agentdistill.store import db
 
         room = db.server_room(self.store.engine)
         if room is None:
             return None
-        free = room.free + len(KEPT_ACTORS) - DRIVER_CONNECTIONS
+        free = room.free + KEPT_ACTORS.count(lambda key: key.store_url == self.store_url) - DRIVER_CONNECTIONS
         if free < 1:
             raise ConfigError(
                 f"the PostgreSQL server at {self._where()} has no connection free for env actors ({room.in_use} of "
@@ -520,15 +521,19 @@ def fan_out(cluster: RayCluster, fn, items: list[tuple]) -> list[Any]:
     SPARK tasks). `fn` must be importable on the nodes and write only through the store; a task whose
     worker dies is run once more (SPARK's episodes resume from the store, analysts start over)."""
     ray = _ray()
-    KEPT_ACTORS.stop_all(wait=False)  # env actors kept from a run hold the CPUs these tasks need
+    if not items:
+        return []
+    at_once = cluster.actors_the_store_takes(len(items))  # each task opens a store: a server connection
+    # env actors kept from a run hold the CPUs and connections these tasks need: gone before they start
+    KEPT_ACTORS.stop_all(wait=True)
     remote = ray.remote(fn).options(num_cpus=cluster.cpus, num_gpus=cluster.gpus, resources=cluster.resources or None,
                                     scheduling_strategy="SPREAD", max_retries=1)
-    at_once = cluster.actors_the_store_takes(len(items))  # each task opens a store: a server connection
     refs = [remote.remote(*item) for item in items[:at_once]]
     running = list(refs)
     try:
         while len(refs) < len(items):  # one more as each finishes
-            _, running = ray.wait(running, num_returns=1)
+            done, running = ray.wait(running, num_returns=1)
+            ray.get(done)  # a failed task stops the rest (below) instead of starting more
             refs.append(remote.remote(*items[len(refs)]))
             running.append(refs[-1])
         return ray.get(refs)

@@ -165,9 +165,15 @@ def run_pipeline(store: Store, recipe: Recipe, *, run_id: str | None = None, sta
             if at_once < len(pending):
                 say(f"eval: {at_once} of {len(pending)} arms at a time: the PostgreSQL server has too few connections "
                     "free for all their env actors (one each); raise its max_connections to play them all at once")
-            for first in range(0, len(pending), at_once):
-                group = pending[first:first + at_once]
-                outputs.update(_execute_together(store, run_id, group, recipe, outputs, mine, say))
+            failed: Exception | None = None
+            for first in range(0, len(pending), at_once):  # every group plays; then the first failure is raised
+                try:
+                    outputs.update(_execute_together(store, run_id, pending[first:first + at_once], recipe, outputs,
+                                                      mine, say))
+                except Exception as e:
+                    failed = failed or e
+            if failed is not None:
+                raise failed
             pending.clear()
             release_in_process_models()
 

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DisconnectionError, NoSuchModuleError
+from sqlalchemy.exc import ArgumentError, InvalidatePoolError, NoSuchModuleError
 
 from agentdistill.errors import ConfigError
 from agentdistill.secrets import register as register_secret
@@ -102,10 +102,11 @@ def _make_engines(url: str) -> tuple[Engine, Engine]:
     # Its connections are in autocommit, as the hot writes want them (a single statement commits, no BEGIN and
     # COMMIT round trips), so those pay for no switching; the store's engine switches them into transactions at
     # checkout and back on return. Liveness is checked at checkout as pool_pre_ping would, except for the hot
-    # writes (see `unpinged`). Nothing is left to reset on return: a connection out of a transaction is in
-    # autocommit.
-    writes = create_engine(url, pool_pre_ping=False, isolation_level="AUTOCOMMIT", pool_reset_on_return=None)
+    # writes (see `unpinged`).
+    writes = create_engine(url, pool_pre_ping=False, isolation_level="AUTOCOMMIT")
+    event.listen(writes, "connect", _mark_fresh)
     event.listen(writes, "checkout", _ping_unless_unpinged(writes.dialect))
+    # READ COMMITTED, PostgreSQL's own default, is what the store's transactions are written for
     return writes.execution_options(isolation_level="READ COMMITTED"), writes
 
 
@@ -124,18 +125,26 @@ def unpinged() -> Iterator[None]:
         _UNPINGED.reset(token)
 
 
+_FRESH = "agentdistill_fresh"
+
+
+def _mark_fresh(_dbapi_connection, record) -> None:
+    record.info[_FRESH] = True  # just connected: nothing to ping at its first checkout
+
+
 def _ping_unless_unpinged(dialect):
     """pool_pre_ping's check as a checkout event: a connection the server dropped while it sat in the pool (a
-    restart, an idle timeout) is replaced before a read uses it (DisconnectionError: the pool takes another)."""
+    restart, an idle timeout) is replaced before a read uses it, and so is every connection older than it
+    (InvalidatePoolError: a restart dropped them all, the unpinged ones too)."""
 
-    def ping(dbapi_connection, _record, _proxy) -> None:
-        if _UNPINGED.get():
+    def ping(dbapi_connection, record, _proxy) -> None:
+        if record.info.pop(_FRESH, False) or _UNPINGED.get():
             return
         try:
             dialect.do_ping(dbapi_connection)
         except dialect.loaded_dbapi.Error as e:
             if dialect.is_disconnect(e, dbapi_connection, None):
-                raise DisconnectionError() from e
+                raise InvalidatePoolError() from e
             raise
 
     return ping
@@ -164,7 +173,9 @@ def server_room(engine: Engine) -> ServerRoom | None:
             "SELECT current_setting('max_connections')::int, current_setting('superuser_reserved_connections')::int,"
             " coalesce(current_setting('reserved_connections', true)::int, 0),"
             " (SELECT rolsuper FROM pg_roles WHERE rolname = current_user),"
-            " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')").one()
+            # another role's sessions show no backend_type to a role that is not a superuser, only their database
+            " (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend'"
+            "  OR (backend_type IS NULL AND datid IS NOT NULL))").one()
     return ServerRoom(most - (0 if superuser else su_reserved + reserved), in_use, most)
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Engine, func, select
 
+from agentdistill.errors import AgentDistillError
 from agentdistill.store.db import unpinged
 from agentdistill.store.models import ModelCall, Step
 
@@ -47,8 +48,10 @@ class PostgresStepWriter:
             with unpinged():
                 pooled = self.engine.raw_connection()
             conn = pooled.driver_connection
-            assert conn.autocommit  # the pool's connections are (db.make_engine): a lone statement commits
             try:
+                if not conn.autocommit:  # a lone statement must commit: the pool of db.make_engines is in autocommit
+                    raise AgentDistillError("the step writer needs the store's autocommit pool: open the store with "
+                                            "Store.open (or pass db.make_engines' second engine to Store)")
                 step_id = conn.execute(sql, params, prepare=True).fetchone()[0]  # one row per call
             except self._psycopg.errors.UniqueViolation as e:
                 pooled.close()

@@ -32,7 +32,7 @@ _NO_FREE_CONNECTION = re.compile(r"too many clients|remaining connection slots a
 def _db_problem(url: str, e: Exception) -> str:
     detail = str(getattr(e, "orig", e)).strip().splitlines()[0][:200] if str(getattr(e, "orig", e)).strip() else type(e).__name__
     where = db.describe(url)
-    if _NO_FREE_CONNECTION.search(detail):  # connection slots taken: the server is up and full
+    if _NO_FREE_CONNECTION.search(str(getattr(e, "orig", e))):  # connection slots taken: the server is up and full
         return (f"the PostgreSQL server at {where} has no free connection (all of its max_connections are in use): "
                 "raise max_connections (postgresql.conf, then restart the server) or open fewer (a cluster run's env "
                 "actors hold one each: runner.concurrency)")
@@ -72,6 +72,7 @@ class _creation_lock:
             self._lock.release()
         if self.conn is not None:
             try:
+                self.conn.rollback()  # a read that failed inside left the transaction aborted; the lock outlives it
                 self.conn.exec_driver_sql("SELECT pg_advisory_unlock(727274)")
             finally:
                 self.conn.close()
@@ -117,8 +118,8 @@ def bounded(text: str | None, field: str, truncated: dict[str, int], secrets: li
     return None if text is None else _cut(redact(text, secrets), field, truncated)
 
 
-def _cut(text: str | None, field: str, truncated: dict[str, int]) -> str | None:
-    if text is None or len(text) <= MAX_FIELD_CHARS:
+def _cut(text: Any, field: str, truncated: dict[str, int]) -> Any:
+    if not isinstance(text, str) or len(text) <= MAX_FIELD_CHARS:  # None, or a message's list of parts
         return text
     truncated[field] = len(text)
     return text[:MAX_FIELD_CHARS] + f"\n[... truncated by agentdistill: {len(text)} characters in all]"
