@@ -414,17 +414,19 @@ def test_env_actors_are_kept_for_the_next_run_and_stopped_when_idle_or_needed(cl
         second = run("keep-2", 60)
         assert second <= first  # the second run played on the first run's actors
         assert all(_alive(p) for p in first) and len(ray_executor.KEPT_ACTORS) == len(first)
-        # Ctrl-C while the kept actors play (a slow student: 1.5 s a step): they are stopped, not kept again
-        def interrupt_once_a_student_plays() -> None:
+        # Ctrl-C while the kept actors play (a slow student: 1.5 s a step): they are stopped, not kept again. Both
+        # must be playing: one between two episodes is idle, and kept (the full suite's load caught that window
+        # when this waited for one student episode's row, which is opened before an actor takes it)
+        def interrupt_once_both_actors_play_students() -> None:
             deadline = time.time() + 120
-            while time.time() < deadline and not _count(pg, (
-                    "SELECT 1 FROM episodes e JOIN runs r ON r.id = e.run_id WHERE r.name = 'keep-interrupted' "
-                    "AND e.role = 'student' AND e.status = 'running'")):
+            while time.time() < deadline and len(_count(pg, (
+                    "SELECT DISTINCT e.id FROM episodes e JOIN runs r ON r.id = e.run_id JOIN steps s ON s.episode_id = e.id "
+                    "WHERE r.name = 'keep-interrupted' AND e.role = 'student' AND e.status = 'running'"))) < 2:
                 time.sleep(0.1)
             os.kill(os.getpid(), signal.SIGINT)
 
         with OpenAIStub("Action: look", latency=1.5) as stub:
-            interrupter = threading.Thread(target=interrupt_once_a_student_plays)
+            interrupter = threading.Thread(target=interrupt_once_both_actors_play_students)
             interrupter.start()
             with pytest.raises(KeyboardInterrupt):
                 run_recipe(store, recipe("keep-interrupted", 60, student={"model": "openai/stub",
