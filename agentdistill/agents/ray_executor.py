@@ -108,6 +108,7 @@ class RayCluster:
             except OSError as e:
                 raise ConfigError(f"runner.address {address}: no Ray cluster answers there ({e.strerror or e}): "
                                   "start one (`ray start --head`) or fix the address") from None
+        self._connections_free(1)  # a server with no room at all: one line before Ray starts or is joined
         with _CONNECTING:  # eval arms connect from several threads at once: one ray.init
             if not ray.is_initialized():
                 try:
@@ -140,18 +141,19 @@ class RayCluster:
         """How many of `wanted` env actors to start: each one's store holds a connection to the PostgreSQL server,
         so no more than the server has free for those that can run at once. Fewer than wanted: a warning; none:
         one line."""
-        free = self._connections_free()
-        if free is None or self._at_once(wanted) <= free:
+        at_once = self._at_once(wanted)
+        free = self._connections_free(at_once)
+        if free is None or at_once <= free:
             return wanted
         log.warning("the PostgreSQL server at %s has %d connections free and each env actor or Ray task holds one: "
-                    "%d run at once instead of %d; raise its max_connections to run them all at once",
-                    self._where(), free, free, self._at_once(wanted))
+                    "%d run at once instead of %d; raise its max_connections by %d to run them all at once",
+                    self._where(), free, free, at_once, at_once - free)
         return free
 
     def runs_at_once(self, runs: int, actors_each: int) -> int:
         """How many runs of `actors_each` env actors to play side by side (the pipeline's eval arms): all of them,
         unless the PostgreSQL server has too few connections free for all their actors at once."""
-        free = self._connections_free()
+        free = self._connections_free(self._at_once(actors_each))
         if free is None or self._at_once(runs * actors_each) <= free:
             return runs
         return max(1, free // self._at_once(actors_each))
@@ -159,21 +161,25 @@ class RayCluster:
     def _at_once(self, actors: int) -> int:
         return actors if self.slots is None else min(actors, self.slots)
 
-    def _connections_free(self) -> int | None:
-        """Connections the store's PostgreSQL server has free for env actors (None: SQLite). This process's kept
-        actors on the same store count as free, since they are reused or stopped first; the driver's own store
-        keeps a few."""
+    def _connections_free(self, wanted: int) -> int | None:
+        """Connections the store's PostgreSQL server has free for env actors (None: SQLite); with none for the
+        first of `wanted`, one line. This process's kept actors on the same store count as free (they are reused or
+        stopped first); the driver keeps DRIVER_CONNECTIONS for itself, counting those it already holds."""
         from agentdistill.store import db
 
         room = db.server_room(self.store.engine)
         if room is None:
             return None
-        free = room.free + KEPT_ACTORS.count(lambda key: key.store_url == self.store_url) - DRIVER_CONNECTIONS
+        pool = self.store.engine.pool
+        own = pool.checkedin() + pool.checkedout()  # in room.in_use already
+        free = (room.free + KEPT_ACTORS.count(lambda key: key.store_url == self.store_url)
+                - max(DRIVER_CONNECTIONS - own, 0))
         if free < 1:
             raise ConfigError(
-                f"the PostgreSQL server at {self._where()} has no connection free for env actors ({room.in_use} of "
-                f"{room.usable} in use; each actor holds one): raise its max_connections (postgresql.conf, then "
-                "restart it) or close other clients")
+                f"the PostgreSQL server at {self._where()} has no connection free for env actors: {room.in_use} of its "
+                f"{room.usable} are in use ({own} by this driver, which keeps {DRIVER_CONNECTIONS}), and each actor "
+                f"holds one: raise its max_connections by at least {wanted - free} (postgresql.conf, then restart "
+                "the server), or close other clients")
         return free
 
     def _where(self) -> str:
