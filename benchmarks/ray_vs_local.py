@@ -30,7 +30,8 @@ TASKS = {"scienceworld": ["lifespan-longest-lived", "power-component", "identify
          "textworld": ["easy", "medium"]}
 
 
-def _counts(text: str) -> list[int]:
+def positive_counts(text: str) -> list[int]:
+    """An argparse type: positive whole numbers, comma-separated (argparse's one-line error otherwise)."""
     try:
         counts = [int(v) for v in text.split(",")]
     except ValueError:
@@ -40,13 +41,22 @@ def _counts(text: str) -> list[int]:
     return counts
 
 
+def positive_count(text: str) -> int:
+    """An argparse type: one positive whole number."""
+    try:
+        (count,) = positive_counts(text)
+    except (argparse.ArgumentTypeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r}: give one positive whole number (e.g. 3)") from None
+    return count
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--env", default="scienceworld", choices=sorted(TASKS))
-    ap.add_argument("--variations", default=[4, 12], type=_counts,
+    ap.add_argument("--variations", default=[4, 12], type=positive_counts,
                     help="variations per task, one plan per value (comma-separated)")
-    ap.add_argument("--concurrency", type=int, default=2)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--concurrency", type=positive_count, default=2)
+    ap.add_argument("--repeat", type=positive_count, default=3)
     ap.add_argument("--db", default=None)
     args = ap.parse_args()
 

@@ -28,6 +28,7 @@ from pathlib import Path
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from agentdistill.testing import PostgresUnavailable, throwaway_postgres  # noqa: E402
+from ray_vs_local import positive_count, positive_counts  # noqa: E402 (this folder: the scripts' argument types)
 
 OBS = "This room is called the kitchen. In it, you see: a stove, a sink, a fridge, a table. " * 3
 CALL = {"model": "openai/gpt-4.1-mini", "messages": [{"role": "user", "content": OBS}], "outputs": ["go north"],
@@ -118,12 +119,12 @@ def connections(url: str) -> int:
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--writers", default="1,4,8,16")
+    ap.add_argument("--writers", default=[1, 4, 8, 16], type=positive_counts, help="writer counts, comma-separated")
     ap.add_argument("--seconds", type=float, default=10.0)
-    ap.add_argument("--rounds", type=int, default=3, help="measurements per writer count, the counts taking turns")
+    ap.add_argument("--rounds", type=positive_count, default=3, help="measurements per writer count, in turn")
     ap.add_argument("--url", default=None, help="an existing PostgreSQL database (default: a throwaway server)")
     args = ap.parse_args()
-    counts = [int(x) for x in args.writers.split(",")]
+    counts = args.writers
 
     def run(url, pid):
         print(f"one transaction per step + a model-call row, {args.seconds:g} s per measurement, {args.rounds} rounds; "
