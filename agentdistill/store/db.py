@@ -98,7 +98,7 @@ def _make_engines(url: str) -> tuple[Engine, Engine]:
 
         return engine, engine  # no server, nothing to ping; a write is a transaction either way
     # One pool for reads and the hot writes: each connection a store keeps is a server backend, and a cluster
-    # run keeps a store in every env actor (a second pool held a second idle connection in each: 2 per actor).
+    # run keeps a store in every env actor (with a second pool for the writes, each actor held 3).
     # Its connections are in autocommit, as the hot writes want them (a single statement commits, no BEGIN and
     # COMMIT round trips), so those pay for no switching; the store's engine switches them into transactions at
     # checkout and back on return. Liveness is checked at checkout as pool_pre_ping would, except for the hot

@@ -30,9 +30,10 @@ _NO_FREE_CONNECTION = re.compile(r"too many clients|remaining connection slots a
 
 
 def _db_problem(url: str, e: Exception) -> str:
-    detail = str(getattr(e, "orig", e)).strip().splitlines()[0][:200] if str(getattr(e, "orig", e)).strip() else type(e).__name__
+    message = str(getattr(e, "orig", e)).strip()
+    detail = message.splitlines()[0][:200] if message else type(e).__name__
     where = db.describe(url)
-    if _NO_FREE_CONNECTION.search(str(getattr(e, "orig", e))):  # connection slots taken: the server is up and full
+    if _NO_FREE_CONNECTION.search(message):  # connection slots taken: the server is up and full
         return (f"the PostgreSQL server at {where} has no free connection (all of its max_connections are in use): "
                 "raise max_connections (postgresql.conf, then restart the server) or open fewer (a cluster run's env "
                 "actors hold one each: runner.concurrency)")
