@@ -786,6 +786,10 @@ def train_opd_cmd(
     lam: Annotated[float, typer.Option("--lambda", help="Skill-SD: weight of the distillation term.")] = 1.0,
     grpo_weight: Annotated[float, typer.Option(help="Skill-SD: weight of the outcome-reward term.")] = 0.0,
     rollout_backend: Annotated[str, typer.Option(help="local (transformers) or vllm (CUDA GPU: the live LoRA adapter served each iteration).")] = "local",
+    temperature: Annotated[float, typer.Option(help="Rollout sampling temperature.")] = 0.7,
+    self_teacher: Annotated[str, typer.Option(help="Without --teacher: frozen (the starting weights) or live (the current student).")] = "frozen",
+    anchor_kl: Annotated[float, typer.Option(help="Weight of KL(student || starting policy).")] = 0.1,
+    dev_variations: Annotated[int, typer.Option(help="Dev tasks per task that pick the kept iteration (0: keep the last).")] = 0,
     device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     db: DbOpt = None,
@@ -803,7 +807,8 @@ def train_opd_cmd(
                    divergence=divergence, curriculum=Curriculum(curriculum, k_start, eta, k_max), env=env, split=split,
                    tasks=task or None, variations=variations, iterations=iterations, episodes_per_iteration=episodes,
                    max_steps=max_steps, history=history, learning_rate=lr, skill_sd_lambda=lam,
-                   grpo_weight=grpo_weight, rollout_backend=rollout_backend, seed=seed)
+                   grpo_weight=grpo_weight, rollout_backend=rollout_backend, temperature=temperature,
+                   self_teacher=self_teacher, anchor_kl=anchor_kl, dev_variations=dev_variations, seed=seed)
     spec.validate()
     store = _store(db)
     result = train_opd(store, spec, out, hw)
@@ -816,7 +821,9 @@ def train_opd_cmd(
         table.add_row(str(it["iteration"]), str(it["k"] or "full"), f"{it['success']:.0%}", f"{it['score']:.1f}",
                       f"{it['student_turns']:.1f}", div, loss)
     console.print(table)
-    console.print(f"checkpoint {result.checkpoint_id}: {out}; use it as model local/{out}")
+    if result.kept.get("dev_success") is not None:
+        console.print(f"kept {result.kept['name']} (dev success {result.kept['dev_success']:.0%})")
+    console.print(f"checkpoint {result.checkpoint_id}: {result.path}; use it as model local/{result.path}")
 
 
 skills_app = typer.Typer(no_args_is_help=True, help="Skill packs: the versioned library and installs into agent hosts.")

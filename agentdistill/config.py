@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agentdistill.errors import ConfigError
+from agentdistill.train.dagger_config import DAggerConfig
 
 
 class _Strict(BaseModel):
@@ -166,6 +167,7 @@ class SFTStage(_Trained):
     batch_size: int = Field(4, ge=1)
     grad_accum: int = Field(1, ge=1)
     unit: Literal["chunks", "steps"] = "chunks"
+    dev_variations: int = Field(10, ge=0)  # dev tasks per task name that pick the kept epoch (or the start); 0: last
 
 
 class OPDStage(_Trained):
@@ -184,8 +186,12 @@ class OPDStage(_Trained):
     episodes_per_iteration: int = Field(2, ge=1)
     rollout_concurrency: int = Field(4, ge=1)  # an iteration's episodes played at once (batched model calls)
     rollout_backend: Literal["local", "vllm"] = "local"  # vllm: rollouts on a GPU engine serving the live adapter
-    temperature: float = Field(1.0, gt=0, le=2)
+    temperature: float = Field(0.7, gt=0, le=2)  # rollout sampling (stated with every iteration)
     max_steps: int | None = Field(None, ge=1)  # student turns per rollout; None: the student's eval step limit
+    self_teacher: Literal["frozen", "live"] = "frozen"  # no teacher_model: the starting weights, frozen, or live
+    anchor_kl: float = Field(0.1, ge=0)  # + this x KL(student || starting policy)
+    dev_variations: int = Field(10, ge=0)  # dev tasks per task name that pick the kept iteration; 0: the last
+    select_every: int = Field(2, ge=1)  # iterations between dev evaluations
 
 
 class SkillSDStage(OPDStage):
@@ -194,6 +200,12 @@ class SkillSDStage(OPDStage):
     method: Literal["skill_sd"]  # type: ignore[assignment]
     context: Literal["skill"] = "skill"  # type: ignore[assignment]
     grpo_weight: float = Field(0.0, ge=0)
+
+
+class DAggerStage(_Trained, DAggerConfig):
+    """DAgger from the recipe's [teacher] (or `teacher`): see train/dagger_config.py for every field."""
+
+    method: Literal["dagger"]
 
 
 class SODAStage(_Trained):
@@ -235,9 +247,9 @@ class ICDStage(_Strict):
 
 
 DistillSpec = Annotated[
-    SFTStage | OPDStage | SkillSDStage | SODAStage | SkillsStage | ICDStage, Field(discriminator="method")
+    SFTStage | OPDStage | SkillSDStage | DAggerStage | SODAStage | SkillsStage | ICDStage, Field(discriminator="method")
 ]
-CHECKPOINT_METHODS = ("sft", "opd", "skill_sd", "soda")
+CHECKPOINT_METHODS = ("sft", "opd", "skill_sd", "dagger", "soda")
 
 
 class ArmSpec(_Strict):
@@ -311,7 +323,7 @@ class Recipe(_Strict):
                                  "give each distill stage its own name")
             init = getattr(d, "init", "base")
             if init != "base" and seen.get(init) not in CHECKPOINT_METHODS:
-                raise ValueError(f"{where}.init: {init!r} is not an earlier training stage (sft, opd, skill_sd, soda): "
+                raise ValueError(f"{where}.init: {init!r} is not an earlier training stage (sft, opd, skill_sd, dagger, soda): "
                                  "use \"base\" or the name of one listed above it")
             skill = getattr(d, "skill", None) if d.method in ("opd", "skill_sd") else None
             if skill and "/" not in skill and not skill.endswith(".md") and seen.get(skill) != "skills":
@@ -321,6 +333,11 @@ class Recipe(_Strict):
             if d.method == "opd" and d.teacher_model is None and d.context == "none":
                 raise ValueError(f"{where}.context: a self-teacher needs privileged context: \"demo\" or \"skill\", "
                                  "or name a local teacher_model")
+            if d.method == "dagger":
+                self._check_dagger_teacher(where, d)
+            if getattr(d, "dev_variations", 0) and self.env.split == "dev":
+                raise ValueError(f"{where}.dev_variations: the held-out [env] split is dev, which picks the kept "
+                                 "checkpoint: evaluate on test, or set dev_variations = 0")
             seen[d.name] = d.method
         if self.eval is not None:
             arm_names = set(RESERVED_ARMS) | set(seen)
@@ -331,7 +348,7 @@ class Recipe(_Strict):
                                      "stage are arms): choose another name")
                 if a.model != "base" and seen.get(a.model) not in CHECKPOINT_METHODS:
                     raise ValueError(f"{where}.model: {a.model!r} is not a training stage: use \"base\" or a distill "
-                                     "stage with method sft, opd, skill_sd or soda")
+                                     "stage with method sft, opd, skill_sd, dagger or soda")
                 for s in a.skills:
                     if seen.get(s) != "skills":
                         raise ValueError(f"{where}.skills: {s!r} is not a skills stage")
@@ -344,6 +361,24 @@ class Recipe(_Strict):
                                      "or an [[eval.arm]] name")
         if self.report is not None and self.eval is not None and self.report.base not in self.arm_names():
             raise ValueError(f"report.base: {self.report.base!r} is not an evaluated arm")
+
+    def _check_dagger_teacher(self, where: str, d: DAggerStage) -> None:
+        from agentdistill.agents.labelling import check_labeller
+        from agentdistill.envs.registry import env_class
+
+        teacher = d.teacher or ("expert" if self.teacher.policy == "expert" else self.teacher.model)
+        if teacher != "expert" and self.teacher.policy == "cascade" and d.teacher is None:
+            raise ValueError(f"{where}.teacher: a cascade cannot label states: name the teacher, e.g. teacher = "
+                             "\"expert\" or a model id")
+        try:
+            if teacher == "expert":
+                check_labeller(env_class(self.env.name), "expert")
+            elif d.teacher is not None:
+                from agentdistill.models import check_model_id
+
+                check_model_id(d.teacher)
+        except ConfigError as e:
+            raise ValueError(f"{where}.teacher: {e}") from None
 
     def arm_names(self) -> list[str]:
         if self.eval is None:

@@ -13,6 +13,7 @@ from agentdistill.distill.icd import Demo, Retrieval, render_demos
 from agentdistill.envs.base import Env, Task
 from agentdistill.models import ChatModel, Message, call_record
 from agentdistill.skills.pack import SkillPack
+from agentdistill.store.store import LabelRecord
 
 
 @dataclass
@@ -41,6 +42,7 @@ class Decision:
     raw_output: str | None = None
     calls: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    label: LabelRecord | None = None  # DAgger: a teacher's action at this state, stored against the step
 
     @property
     def prompt_tokens(self) -> int:
@@ -244,6 +246,8 @@ class LLMPolicy(Policy):
         info: dict[str, Any] = {
             "matched_admissible": chosen.matched if admissible else True,  # no list: nothing to check
             "agreement": agreement,
+            # "length": the reply was cut at max_tokens (a trainer must not teach an end of turn it never sampled)
+            "finish": completions[pick].finish_reason,
         }
         if len(parsed) > 1:
             info["samples"] = [p.action for p in parsed]

@@ -262,7 +262,7 @@ class Runner:
                 except EpisodeOver:
                     break
                 result = await asyncio.to_thread(env.step, decision.action)
-                self.store.add_step(
+                step_id = self.store.add_step(
                     episode_id,
                     StepRecord(
                         idx=len(history),
@@ -282,6 +282,8 @@ class Runner:
                         calls=decision.calls,
                     ),
                 )
+                if decision.label is not None:  # a crash between the two writes leaves this state unlabelled
+                    self.store.add_label(step_id, decision.label, self.run_id)
                 history.append(Turn(current, decision.action, decision.thought))
                 current, done, last_info = result.observation, result.done, result.info
             self.store.finish_episode(

@@ -68,6 +68,7 @@ class ALFWorldEnv(Env):
         "heat potato 1 with microwave 1, cool tomato 1 with fridge 1, use desklamp 1, examine cabinet 2."
     )
     fallback_action = "look"
+    expert_acts_from_any_state = True  # both experts replan from the current state (expert_plan each step)
 
     @classmethod
     def requirements(cls, data: str | None = None, **options: Any) -> list[Requirement]:

@@ -84,6 +84,9 @@ class Env(ABC):
     fallback_action: ClassVar[str] = "look"  # sent when a model's output holds no action at all
     # "command": one line per action (parsed and snapped to admissible actions); "code": a code block
     action_format: ClassVar[str] = "command"
+    # can `expert_action()` answer from any state another policy reached (it replans), or only replay a fixed
+    # plan from the start (open-loop)? DAgger and mid-episode takeovers need the former
+    expert_acts_from_any_state: ClassVar[bool] = False
     reply_format: ClassVar[str] = (
         "Reply with exactly two lines:\nThought: <one short sentence about what to do next>\nAction: <one command>"
     )

@@ -29,6 +29,13 @@ class Completion:
         return asdict(self)
 
 
+def chat_prompt_ids(tokenizer, messages: list[Message]) -> list[int]:
+    """The token ids an in-process model is prompted with for a chat: its template with the generation prompt.
+    The one place this is done, so a trainer scoring a rollout's turns sees exactly the rollout's prompt tokens."""
+    prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=False)
+    return list(prompt["input_ids"] if isinstance(prompt, dict) else prompt)
+
+
 def call_record(
     model: str, messages: list[Message], params: dict[str, Any], completions: list[Completion]
 ) -> dict[str, Any]:

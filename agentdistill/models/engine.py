@@ -38,7 +38,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentdistill.models.base import Completion, fill_samples
+from agentdistill.models.base import Completion, chat_prompt_ids, fill_samples
 from agentdistill.models.batching import BatcherClosed, Request
 from agentdistill.openmp import on_the_generation_thread
 
@@ -263,9 +263,7 @@ class Engine:
         import torch
 
         tok = self.loaded.tokenizer
-        prompt = tok.apply_chat_template(request.messages, add_generation_prompt=True, tokenize=True,
-                                         return_dict=False)
-        prompt = prompt["input_ids"] if isinstance(prompt, dict) else list(prompt)
+        prompt = chat_prompt_ids(tok, request.messages)
         if not isinstance(request.max_tokens, int) or request.max_tokens < 0:
             raise ValueError(f"max_tokens must be a whole number >= 0, not {request.max_tokens!r}")
         job = _Job(request, prompt, started=time.perf_counter())

@@ -20,7 +20,7 @@ from typing import Any
 from filelock import FileLock
 
 from agentdistill.errors import ConfigError
-from agentdistill.models.base import ChatModel, Completion, Message, fill_samples
+from agentdistill.models.base import ChatModel, Completion, Message, chat_prompt_ids, fill_samples
 from agentdistill.models.batching import Batcher, BatcherClosed, Request
 from agentdistill.models.cost import Price, resolve_price
 from agentdistill.models.batch_invariance import make_batch_invariant
@@ -270,9 +270,7 @@ class LocalModel(ChatModel):
         import torch
 
         tok = self.tokenizer
-        prompts = [tok.apply_chat_template(r.messages, add_generation_prompt=True, tokenize=True, return_dict=False)
-                   for r in requests]
-        prompts = [p["input_ids"] if isinstance(p, dict) else list(p) for p in prompts]
+        prompts = [chat_prompt_ids(tok, r.messages) for r in requests]
         first = requests[0]
         sample = first.temperature > 0
         copies = [r.n if sample else 1 for r in requests]  # greedy samples are identical: decode once

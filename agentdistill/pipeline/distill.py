@@ -6,6 +6,7 @@ store and recording what it produced (checkpoint, skill version, demo index, dat
 | sft       | train/sft.py (TRL SFTTrainer)     | checkpoint (+ its dataset)        |
 | opd       | train/opd.py (+ TCOD curricula)   | checkpoint (+ its training run)   |
 | skill_sd  | train/opd.py, method skill-sd     | checkpoint (+ its training run)   |
+| dagger    | train/dagger.py (labels + TRL SFT)| checkpoint kept on dev (+ labels, datasets)|
 | soda      | train/soda.py (TRL DPOTrainer)    | checkpoint (+ its preference data)|
 | skills    | skills/trace2skill.py, spark.py   | a skill pack version              |
 | icd       | distill/icd.py                    | a demo index                      |
@@ -16,7 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agentdistill.config import (ICDStage, OPDStage, Recipe, SFTStage, SkillSDStage, SkillsStage, SODAStage)
+from agentdistill.config import (DAggerStage, ICDStage, OPDStage, Recipe, SFTStage, SkillSDStage, SkillsStage,
+                                 SODAStage)
 from agentdistill.errors import AgentDistillError
 from agentdistill.pipeline.run import StageContext, StageDef
 
@@ -34,7 +36,8 @@ def stage(recipe: Recipe, d) -> StageDef:
               # what shapes the student's prompts and rollouts: training data must match them
               "student": student.model_dump(mode="json", include={"model", "history", "max_tokens"}),
               "max_steps": student.max_steps or recipe.runner.max_steps}
-    run = {"sft": sft, "opd": opd, "skill_sd": opd, "soda": soda, "skills": skills, "icd": icd}[d.method]
+    run = {"sft": sft, "opd": opd, "skill_sd": opd, "dagger": dagger, "soda": soda, "skills": skills,
+           "icd": icd}[d.method]
     return StageDef(f"distill.{d.name}", "distill", config, deps, lambda ctx: run(ctx, d),
                     still_there=_artifacts_exist, summary=_summary)
 
@@ -95,11 +98,66 @@ def sft(ctx: StageContext, d: SFTStage) -> dict[str, Any]:
     lora = _lora(d)
     spec = SFTSpec(base_model=start, lora=lora, epochs=d.epochs, max_steps=d.max_steps,
                    learning_rate=d.learning_rate or (1e-3 if lora else 5e-5), batch_size=d.batch_size,
-                   grad_accum=d.grad_accum, max_length=d.max_length, seed=d.seed)
+                   grad_accum=d.grad_accum, max_length=d.max_length, seed=d.seed, save_epochs=bool(d.dev_variations))
     ctx.say(f"  SFT on {len(ds)} chats from {collected['successes']} teacher episodes ({'LoRA' if lora else 'full'})")
     result = train_sft(ctx.store, ds, out, spec, Hardware.pick(), dataset_id)
-    return _checkpoint(result, dataset_id=dataset_id, metrics={k: result.metrics.get(k) for k in
-                                                               ("first_loss", "last_loss", "steps", "tokens", "wall_s")})
+    metrics = {k: result.metrics.get(k) for k in ("first_loss", "last_loss", "steps", "tokens", "wall_s")}
+    if not d.dev_variations:
+        return _checkpoint(result, dataset_id=dataset_id, metrics=metrics)
+    # the start and each epoch's weights on dev: the best is kept (the start unless an epoch beats it)
+    from agentdistill.train.model import base_checkpoint, record_checkpoint
+    from agentdistill.train.selection import Candidate
+
+    candidates = [Candidate("init", start)] + [Candidate(f"epoch-{i}", f"local/{p}")
+                                                for i, p in enumerate(result.epochs, 1)]
+    kept = choose_on_dev(ctx, d.name, candidates, d.dev_variations)
+    path = base_checkpoint(kept.model)
+    checkpoint_id = result.checkpoint_id
+    if path.resolve() != Path(result.path).resolve():
+        checkpoint_id = record_checkpoint(ctx.store, path, start, "sft", dataset_id=dataset_id,
+                                          metrics={**result.metrics, "kept": kept.as_dict()})
+    return {"checkpoint_id": checkpoint_id, "path": str(path), "model": kept.model, "dataset_id": dataset_id,
+            "metrics": metrics, "kept": kept.name, "dev_success": kept.dev_success,
+            "candidates": [c.as_dict() for c in candidates]}
+
+
+def choose_on_dev(ctx: StageContext, name: str, candidates: list, variations: int):
+    """Score each candidate on the recipe's dev tasks (the student's prompt, greedy) and return the best."""
+    from agentdistill.models.registry import release_in_process_models
+    from agentdistill.train.selection import DevSet, best
+
+    recipe = ctx.recipe
+    dev = dev_set(ctx, variations)
+    try:
+        for c in candidates:
+            dev.score(ctx.store, c, f"select-{recipe.name}-{name}-{c.name}")
+            release_in_process_models()
+    finally:
+        dev.pool.close()
+    kept = best(candidates)
+    ctx.say(f"  dev: " + ", ".join(f"{c.name} {c.dev_success:.0%}" for c in candidates) + f"; kept {kept.name}")
+    return kept
+
+
+def dev_set(ctx: StageContext, variations: int):
+    """The recipe's dev tasks (the collect stage's task names, dev split) and a greedy student to play them."""
+    from agentdistill.agents.rollout import build_policy, first_variations
+    from agentdistill.agents.runner import EnvPool
+    from agentdistill.envs import make
+    from agentdistill.train.selection import DevSet
+
+    recipe = ctx.recipe
+    env = make(recipe.env.name, **recipe.env.options)
+    try:
+        tasks = first_variations(env, "dev", recipe.collect.tasks or recipe.env.tasks, variations)
+    except BaseException:
+        env.close()
+        raise
+    student = recipe.student
+    pool = EnvPool(lambda: make(recipe.env.name, **recipe.env.options), recipe.runner.concurrency, env)
+    return DevSet(tasks, lambda m: build_policy(student.model_copy(update={"model": m, "temperature": 0.0}),
+                                                ctx.store, recipe.env.name),
+                  student.max_steps or recipe.runner.max_steps, pool, recipe.runner.concurrency)
 
 
 def opd(ctx: StageContext, d: OPDStage | SkillSDStage) -> dict[str, Any]:
@@ -119,11 +177,54 @@ def opd(ctx: StageContext, d: OPDStage | SkillSDStage) -> dict[str, Any]:
         rollout_concurrency=d.rollout_concurrency, rollout_backend=d.rollout_backend,
         max_steps=d.max_steps or student.max_steps or recipe.runner.max_steps, history=student.history,
         max_tokens=student.max_tokens, temperature=d.temperature, learning_rate=d.learning_rate or 1e-4,
-        lora=_lora(d), max_length=d.max_length, grpo_weight=getattr(d, "grpo_weight", 0.0), seed=d.seed)
+        lora=_lora(d), max_length=d.max_length, grpo_weight=getattr(d, "grpo_weight", 0.0),
+        self_teacher=d.self_teacher, anchor_kl=d.anchor_kl, dev_variations=d.dev_variations,
+        select_every=d.select_every, seed=d.seed)
     ctx.say(f"  {spec.method_name}: {d.iterations} iterations x {d.episodes_per_iteration} student episodes "
             f"(teacher: {d.teacher_model or 'self + ' + d.context + ' context'})")
     result = train_opd(ctx.store, spec, ctx.artifact("checkpoints", d.name))
-    return _checkpoint(result, run_id=result.run_id, teacher_episodes=len(collected["episode_ids"]))
+    if result.kept.get("dev_success") is not None:
+        ctx.say(f"  kept {result.kept['name']}: dev success {result.kept['dev_success']:.0%}")
+    return _checkpoint(result, run_id=result.run_id, teacher_episodes=len(collected["episode_ids"]),
+                       kept=result.kept.get("name"), dev_success=result.kept.get("dev_success"))
+
+
+def dagger(ctx: StageContext, d: DAggerStage) -> dict[str, Any]:
+    from agentdistill.agents.labelling import build_labeller
+    from agentdistill.agents.rollout import build_policy, first_variations
+    from agentdistill.envs import make
+    from agentdistill.train.dagger import DAggerSetup, train_dagger
+    from agentdistill.train.dagger_config import DAggerConfig
+
+    recipe, collected = ctx.recipe, _collected(ctx)
+    c, student = recipe.collect, recipe.student
+    labeller = build_labeller(d.teacher or recipe.teacher, ctx.store, recipe.env.name)
+
+    def policy(model: str, temperature: float):
+        return build_policy(student.model_copy(update={"model": model, "temperature": temperature}), ctx.store,
+                            recipe.env.name)
+
+    names = c.tasks or recipe.env.tasks
+    env = make(recipe.env.name, **recipe.env.options)
+    try:
+        train_tasks = first_variations(env, c.split, names, c.variations)
+        dev_tasks = first_variations(env, "dev", names, d.dev_variations) if d.dev_variations else []
+    finally:
+        env.close()
+    setup = DAggerSetup(student=base_model(ctx, d.init), policy=policy, labeller=labeller, env=recipe.env.name,
+                        train_tasks=train_tasks, dev_tasks=dev_tasks,
+                        max_steps=student.max_steps or recipe.runner.max_steps, history=student.history,
+                        env_options=dict(recipe.env.options), teacher_episodes=collected["episode_ids"],
+                        lora=_lora(d), learning_rate=d.learning_rate or (1e-3 if _lora(d) else 5e-5),
+                        max_length=d.max_length, seed=d.seed)
+    ctx.say(f"  dagger: {d.rounds} rounds x {d.episodes_per_round} student episodes, labels by {labeller.id} "
+            f"({d.label}), beta {d.beta}" + (f", kept on {len(dev_tasks)} dev tasks" if dev_tasks else ""))
+    config = DAggerConfig(**d.model_dump(include=set(DAggerConfig.model_fields)))
+    result = train_dagger(ctx.store, config, setup, ctx.artifact("checkpoints", d.name), say=ctx.say)
+    return {"checkpoint_id": result.checkpoint_id, "path": str(result.path), "model": result.model,
+            "run_id": result.run_id, "kept": result.kept["name"], "dev_success": result.kept["dev_success"],
+            "labels": sum(r["labels"] for r in result.rounds),
+            "label_cost": sum(r["label_cost"] for r in result.rounds)}
 
 
 def soda(ctx: StageContext, d: SODAStage) -> dict[str, Any]:

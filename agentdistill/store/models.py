@@ -135,6 +135,28 @@ class ModelCall(Base):
     latency: Mapped[float] = mapped_column(Float, default=0.0)
 
 
+class Label(Base):
+    """A teacher's answer at a state someone else reached (DAgger): which action it would take at a stored
+    step, who answered (the env's expert, or a model id), the model call behind it and what it cost. The step
+    keeps what was executed; the label is what the student is trained towards."""
+
+    __tablename__ = "labels"
+    __table_args__ = (UniqueConstraint("step_id", "labeller", name="uq_label_step_labeller"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    step_id: Mapped[int] = mapped_column(ForeignKey("steps.id", ondelete="CASCADE"), index=True)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))  # the run that asked
+    labeller: Mapped[str] = mapped_column(String(300))  # "expert" or a model id
+    action: Mapped[str] = mapped_column(Text)
+    thought: Mapped[str | None] = mapped_column(Text)
+    raw_output: Mapped[str | None] = mapped_column(Text)
+    calls: Mapped[list[Any]] = mapped_column(JSON, default=list)  # the model calls behind it (redacted)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost: Mapped[float] = mapped_column(Float, default=0.0)
+    latency: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class Skill(Base):
     __tablename__ = "skills"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

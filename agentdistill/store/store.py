@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, aliased, selectinload, sessionmaker
 from agentdistill.errors import AgentDistillError
 from agentdistill.secrets import redact, scrub, values as secret_values
 from agentdistill.store import db
-from agentdistill.store.models import Base, Episode, ModelCall, Run, Stage, Step, Task, utcnow
+from agentdistill.store.models import Base, Episode, Label, ModelCall, Run, Stage, Step, Task, utcnow
 from agentdistill.store.postgres_writer import PostgresStepWriter
 
 
@@ -182,6 +182,21 @@ class StepRecord:
             "cost": self.cost,
             "latency": self.latency,
         }
+
+
+@dataclass
+class LabelRecord:
+    """A teacher's answer at a state another policy reached (DAgger), before it is stored against that step."""
+
+    labeller: str  # "expert" or a model id
+    action: str
+    thought: str | None = None
+    raw_output: str | None = None
+    calls: Sequence[dict[str, Any]] = ()
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    latency: float = 0.0
 
 
 class Store:
@@ -362,6 +377,36 @@ class Store:
                     .options(selectinload(Step.calls))
                 )
             )
+
+    def add_label(self, step_id: int, label: LabelRecord, run_id: str | None = None) -> int:
+        """Store a teacher's label of a stored step (secrets redacted, texts bounded like a step's). Labelling
+        the same step by the same labeller again (a resumed round) keeps the first label."""
+        truncated: dict[str, int] = {}
+        secrets = secret_values()
+        texts = {f: bounded(getattr(label, f), f, truncated, secrets) for f in ("action", "thought", "raw_output")}
+        calls = [{k: v for k, v in call_row(step_id, c).items() if k != "step_id"} for c in label.calls]
+        with self.session() as s, s.begin():
+            found = s.scalar(select(Label.id).where(Label.step_id == step_id, Label.labeller == label.labeller))
+            if found is not None:
+                return found
+            row = Label(step_id=step_id, run_id=run_id, labeller=label.labeller, calls=calls,
+                        prompt_tokens=label.prompt_tokens, completion_tokens=label.completion_tokens,
+                        cost=label.cost, latency=label.latency, **texts)
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def labels(self, episode_ids: list[int]) -> dict[tuple[int, int], Label]:
+        """(episode id, step idx) -> the label of that step, for the given episodes (one labeller per step)."""
+        if not episode_ids:
+            return {}
+        with self.session() as s:
+            rows = s.execute(select(Step.episode_id, Step.idx, Label).join(Label, Label.step_id == Step.id)
+                             .where(Step.episode_id.in_(episode_ids)).order_by(Label.id))
+            out: dict[tuple[int, int], Label] = {}
+            for ep_id, idx, label in rows:
+                out.setdefault((ep_id, idx), label)
+            return out
 
     def set_episode_metrics(self, episode_id: int, metrics: dict[str, Any]) -> None:
         """Merge measurements into an episode's metrics (e.g. SPARK's PDI for this attempt)."""

@@ -15,6 +15,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from agentdistill.envs.base import Task
 from agentdistill.errors import ConfigError
 from agentdistill.train.data import EpisodeFilter
 from agentdistill.store.store import Store
@@ -24,11 +25,12 @@ def _actions(ep) -> list[str]:
     return [s.action for s in sorted(ep.steps, key=lambda s: s.idx)]
 
 
-def expert_trajectories(store: Store, env: str, runs: list[str] | None = None) -> dict[str, list[str]]:
-    """task key (env:name:variation) -> actions of the shortest successful teacher episode of it."""
-    best: dict[str, list[str]] = {}
+def expert_trajectories(store: Store, env: str, runs: list[str] | None = None) -> dict[Task, list[str]]:
+    """task (its split included: ALFWorld numbers variations within each split, so a train task and a test
+    game can share env:name:variation) -> actions of the shortest successful teacher episode of it."""
+    best: dict[Task, list[str]] = {}
     for ep in EpisodeFilter(role="teacher", success=True, env=env, runs=runs).select(store):
-        key = f"{ep.task.env}:{ep.task.name}:{ep.task.variation}"
+        key = Task(ep.task.env, ep.task.name, ep.task.variation, ep.task.split)
         acts = _actions(ep)
         if key not in best or len(acts) < len(best[key]):
             best[key] = acts

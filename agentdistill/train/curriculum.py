@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from agentdistill.agents.policies import Decision, EpisodeContext, EpisodeOver, Policy
+from agentdistill.envs.base import Task
 from agentdistill.errors import ConfigError
 
 
@@ -47,12 +48,12 @@ class PrefixReplayPolicy(Policy):
     The student's turns are capped at `student_turns`; replayed turns are answered_by "replay" and
     carry no loss."""
 
-    def __init__(self, student: Policy, prefixes: dict[str, list[str]], student_turns: int):
+    def __init__(self, student: Policy, prefixes: dict[Task, list[str]], student_turns: int):
         self.student, self.prefixes, self.student_turns = student, prefixes, student_turns
         self.id, self.model_id, self.sampling = student.id, student.model_id, student.sampling
 
     async def act(self, ctx: EpisodeContext) -> Decision:
-        prefix = self.prefixes.get(ctx.task.key, [])
+        prefix = self.prefixes.get(ctx.task, [])
         t = len(ctx.history)
         if t < len(prefix):
             return Decision(action=prefix[t], answered_by="replay", info={"replayed": True})

@@ -81,6 +81,50 @@ def episode_conversations(
     return out
 
 
+def first_disagreement(steps: list[Step], labels: dict[int, Any]) -> int | None:
+    """The idx of the first step whose executed action differs from its label (None: every label agrees)."""
+    for st in steps:
+        label = labels.get(st.idx)
+        if label is not None and label.action.strip().lower() != st.action.strip().lower():
+            return st.idx
+    return None
+
+
+def labelled_conversations(
+    ep: Episode,
+    labels: dict[int, Any],
+    window: int = 6,
+    mode: str = "all",
+    system_prompt: str = SYSTEM_PROMPT,
+) -> list[Conversation]:
+    """DAgger's training chats from one rolled-out episode: at each labelled state, the exact prompt the acting
+    policy saw (the executed earlier turns, as rendered at rollout) followed by the teacher's label as the agent
+    turn, which alone carries loss. `labels`: step idx -> label (action, thought). mode "first_error": only the
+    states up to the first one where the executed action differs from the label (the student's first mistake,
+    corrected); later states come from a trajectory the teacher would not have taken and are not used."""
+    if mode not in ("all", "first_error"):
+        raise ConfigError(f"unknown label mode {mode!r}: use all or first_error")
+    steps = sorted(ep.steps, key=lambda s: s.idx)
+    if mode == "first_error":
+        stop = first_disagreement(steps, labels)
+        if stop is not None:
+            steps = [s for s in steps if s.idx <= stop]
+    system = system_message(env_class(ep.task.env), system_prompt)
+    goal = ep.task.goal or ""
+    executed = [Turn(s.observation, s.action, s.thought) for s in steps]
+    out = []
+    for t, st in enumerate(steps):
+        label = labels.get(st.idx)
+        if label is None:
+            continue
+        turns = executed[:t] + [Turn(st.observation, label.action, label.thought)]
+        msgs = render_messages(system, goal, turns, None, window + 1)
+        shown = min(len(turns), window + 1)
+        idx = [steps[i].idx for i in range(t + 1 - shown, t + 1)]
+        out.append(Conversation(ep.id, msgs, idx, [False] * (shown - 1) + [True]))
+    return out
+
+
 @dataclass
 class Tokenized:
     input_ids: list[int]
@@ -162,28 +206,39 @@ def build_sft_dataset(
     """Episodes matching `filters` -> a tokenized HF dataset saved at `out` and recorded in the store.
 
     Columns: input_ids, assistant_masks (what TRL's SFTTrainer turns into labels), episode_id,
-    messages (JSON). Chats longer than `max_length` tokens are dropped (counted), never cut: a cut
-    chat would train on a prompt the policy never sees. Returns (dataset id, the dataset).
+    messages (JSON). Returns (dataset id, the dataset).
     """
-    import datasets
-
     eps = filters.select(store)
     if not eps:
         raise AgentDistillError(
             f"no finished episodes match {_describe(filters)}: collect some first (`agentdistill collect`)"
         )
+    convs = [conv for ep in eps for conv in episode_conversations(ep, window, unit)]
+    ds, dropped = save_conversations(tokenizer, convs, out, max_length)
+    meta = {**filters.__dict__, "window": window, "unit": unit, "max_length": max_length, "dropped": dropped,
+            "tokenizer": getattr(tokenizer, "name_or_path", "")}
+    dataset_id = record_dataset(store, name or Path(out).name, "sft", out, meta, [ep.id for ep in eps], len(ds))
+    return dataset_id, ds
+
+
+def save_conversations(tokenizer, convs: list[Conversation], out: str | Path, max_length: int = 2048) -> tuple[Any, int]:
+    """Conversations -> a tokenized HF dataset written atomically at `out`; returns (dataset, chats dropped).
+
+    Chats longer than `max_length` tokens are dropped (counted), never cut: a cut chat would train on a
+    prompt the policy never sees."""
+    import datasets
+
     rows: dict[str, list] = {"input_ids": [], "assistant_masks": [], "episode_id": [], "messages": []}
     dropped = 0
-    for ep in eps:
-        for conv in episode_conversations(ep, window, unit):
-            tok = tokenize_conversation(tokenizer, conv)
-            if len(tok.input_ids) > max_length:
-                dropped += 1
-                continue
-            rows["input_ids"].append(tok.input_ids)
-            rows["assistant_masks"].append(tok.assistant_masks)
-            rows["episode_id"].append(ep.id)
-            rows["messages"].append(json.dumps(conv.messages))
+    for conv in convs:
+        tok = tokenize_conversation(tokenizer, conv)
+        if len(tok.input_ids) > max_length:
+            dropped += 1
+            continue
+        rows["input_ids"].append(tok.input_ids)
+        rows["assistant_masks"].append(tok.assistant_masks)
+        rows["episode_id"].append(conv.episode_id)
+        rows["messages"].append(json.dumps(conv.messages))
     if not rows["input_ids"]:
         raise AgentDistillError(f"every chat is longer than max_length={max_length} tokens: raise it or lower the window")
     if dropped:
@@ -196,15 +251,17 @@ def build_sft_dataset(
     if out.exists():
         shutil.rmtree(out)
     tmp.replace(out)
-    meta = {**filters.__dict__, "window": window, "unit": unit, "max_length": max_length, "dropped": dropped,
-            "tokenizer": getattr(tokenizer, "name_or_path", "")}
+    return ds, dropped
+
+
+def record_dataset(store: Store, name: str, kind: str, path: str | Path, filters: dict[str, Any],
+                   episode_ids: list[int], n_rows: int) -> int:
     with store.session() as s, s.begin():
-        row = Dataset(name=name or out.name, kind="sft", path=str(out.resolve()), filters=meta,
-                      episode_ids=[ep.id for ep in eps], n_rows=len(ds))
+        row = Dataset(name=name, kind=kind, path=str(Path(path).resolve()), filters=filters,
+                      episode_ids=episode_ids, n_rows=n_rows)
         s.add(row)
         s.flush()
-        dataset_id = row.id
-    return dataset_id, ds
+        return row.id
 
 
 def load_dataset_ref(store: Store, ref: str) -> tuple[int | None, Any]:

@@ -36,9 +36,10 @@ from agentdistill.store.store import Store
 from agentdistill.train.context import (SkillBandit, demo_context, expert_trajectories, load_skill_file,
                                         trajectory_skills)
 from agentdistill.train.curriculum import Curriculum, PrefixReplayPolicy
-from agentdistill.train.data import Conversation, episode_conversations, tokenize_conversation
 from agentdistill.train.losses import divergence_per_token, skill_sd_loss
-from agentdistill.train.model import Hardware, LoraSpec, load_student, record_checkpoint, save_student
+from agentdistill.train.model import (Hardware, LoraSpec, base_checkpoint, load_student, record_checkpoint,
+                                      save_student)
+from agentdistill.train.selection import Candidate, DevSet, best
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,13 @@ class OPDSpec:
     max_steps: int = 12  # the student's step limit (the full horizon without a curriculum)
     history: int = 4
     max_tokens: int = 40
-    temperature: float = 1.0
-    unit: Literal["chunks", "steps"] = "chunks"
+    # rollout sampling: below 1 the student visits states near those greedy evaluation visits, where reverse KL's
+    # mode seeking does no harm; recorded with every iteration
+    temperature: float = 0.7
+    # a self-teacher (no `teacher`) is the starting weights, frozen ("frozen": a fixed anchor), or the current
+    # student each iteration ("live": the teacher moves with the student)
+    self_teacher: Literal["frozen", "live"] = "frozen"
+    anchor_kl: float = 0.1  # + this x KL(student || starting policy) on the student's own prompt
     learning_rate: float = 1e-4
     lora: LoraSpec | None = field(default_factory=LoraSpec)
     updates_per_iteration: int = 1
@@ -78,6 +84,9 @@ class OPDSpec:
     skill_sd_lambda: float = 1.0
     grpo_weight: float = 0.0  # Skill-SD: weight of the outcome-reward (GRPO-style) term
     ucb_c: float = 1.0
+    teacher_check_states: int = 24  # stored expert states the teacher is checked on before training (0: none)
+    dev_variations: int = 0  # dev tasks per task name that pick the kept iteration (selection.py); 0: keep the last
+    select_every: int = 2  # iterations between two dev evaluations (the last iteration is always one)
     seed: int = 0
 
     @property
@@ -101,6 +110,10 @@ class OPDSpec:
                               "drop --teacher and use --context skill")
         if self.skills and self.context != "skill":
             raise ConfigError("--skill files are teacher context: add --context skill")
+        if self.self_teacher not in ("frozen", "live"):
+            raise ConfigError(f"unknown self_teacher {self.self_teacher!r}: use frozen or live")
+        if self.anchor_kl < 0 or self.dev_variations < 0 or self.select_every < 1:
+            raise ConfigError("anchor_kl and dev_variations must be >= 0, select_every >= 1")
         if self.iterations < 1 or self.episodes_per_iteration < 1:
             raise ConfigError("iterations and episodes_per_iteration must be >= 1")
         if self.rollout_backend not in ("local", "vllm"):
@@ -117,16 +130,16 @@ class OPDSpec:
 @dataclass
 class OPDResult:
     checkpoint_id: int
-    path: Path
+    path: Path  # the kept checkpoint (the best on dev among the start and the evaluated iterations)
     run_id: str
     iterations: list[dict[str, Any]]
+    kept: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class _Sample:
     episode_id: int
     task: Task
-    student: Conversation
     ids: list[int]
     positions: list[int]  # token positions that carry loss
     turn_of: list[int]  # per loss position: the step idx it belongs to
@@ -137,6 +150,7 @@ class _Sample:
     teacher_logits: Any = None
     teacher_logp: Any = None
     old_logp: Any = None
+    start_logits: Any = None  # the starting policy's, on the student's prompt (the anchor)
 
 
 class OPDTrainer:
@@ -150,11 +164,11 @@ class OPDTrainer:
     def _teacher_contexts(self, tasks: list[Task]) -> list[Task]:
         """Load what the teacher's context needs; returns the tasks that have it."""
         spec = self.spec
-        self.expert: dict[str, list[str]] = {}
+        self.expert: dict[Task, list[str]] = {}
         self.left_out: list[str] = []
         if spec.context == "demo" or spec.curriculum.mode == "b2f":
             self.expert = expert_trajectories(self.store, spec.env)
-            missing = [t.key for t in tasks if t.key not in self.expert]
+            missing = [t.key for t in tasks if t not in self.expert]
             if len(missing) == len(tasks):
                 raise AgentDistillError(
                     f"no successful teacher episode in the store for {', '.join(missing[:4])}"
@@ -164,7 +178,7 @@ class OPDTrainer:
             if missing:  # a teacher fails a few tasks: train on the ones it solved (the demo is the context)
                 log.warning("%d of %d training tasks have no successful teacher episode and are left out: %s%s",
                             len(missing), len(tasks), ", ".join(missing[:4]), " ..." if len(missing) > 4 else "")
-                tasks = [t for t in tasks if t.key in self.expert]
+                tasks = [t for t in tasks if t in self.expert]
                 self.left_out = missing
         self.skills: dict[str, list[str]] = {}
         if spec.context == "skill":
@@ -186,7 +200,7 @@ class OPDTrainer:
 
     def _context_for(self, task: Task) -> tuple[str | None, int | None]:
         if self.spec.context == "demo":
-            return demo_context(self.expert[task.key]), None
+            return demo_context(self.expert[task]), None
         if self.spec.context == "skill":
             options = self.skills[task.name]
             i = self.bandit.choose(task.name, len(options))
@@ -202,7 +216,12 @@ class OPDTrainer:
         spec, store = self.spec, self.store
         torch.manual_seed(spec.seed)
         self.model, self.tok = load_student(spec.student, spec.lora, self.hw)
-        self.teacher = None
+        # the starting policy, frozen: the anchor, and the self-teacher unless it is "live"
+        self.start = None
+        if spec.anchor_kl > 0 or (spec.teacher is None and spec.self_teacher == "frozen"):
+            self.start, _ = load_student(spec.student, None, self.hw, trainable=False)
+            self.start.eval().requires_grad_(False)
+        self.teacher = self.start if spec.teacher is None and spec.self_teacher == "frozen" else None
         if spec.teacher:
             self.teacher, ttok = load_student(spec.teacher, None, self.hw, trainable=False)
             self.teacher.eval().requires_grad_(False)
@@ -220,24 +239,42 @@ class OPDTrainer:
             self.student = LocalModel.from_model(self.student_id, self.model, self.tok,
                                                  weights_version=lambda: self.updates)
             policy = LLMPolicy(self.student, spec.temperature, spec.max_tokens, 1, spec.history)
+            check = self._check_teacher(tasks)
             params = [p for p in self.model.parameters() if p.requires_grad]
             optimizer = torch.optim.AdamW(params, lr=spec.learning_rate)
             order = tasks[:]
             random.Random(spec.seed).shuffle(order)
+            dev = self._dev_set(env, pool)
+            candidates = [Candidate("init", spec.student)]
+            if dev:
+                self._score(dev, candidates[0], run_id)
             history = []
             for n in range(spec.iterations):
                 batch = [order[(n * spec.episodes_per_iteration + j) % len(order)]
                          for j in range(spec.episodes_per_iteration)]
                 acting = self._vllm_policy(n, Path(out)) if spec.rollout_backend == "vllm" else policy
                 history.append(self._iteration(n, batch, acting, pool, run_id, optimizer, params))
+                last = n == spec.iterations - 1
+                if dev and ((n + 1) % spec.select_every == 0 or last):
+                    path = save_student(self.model, self.tok, Path(str(out) + ".iterations") / f"iteration-{n + 1}")
+                    history[-1].update(self._score(dev, Candidate(f"iteration-{n + 1}", f"local/{path}"), run_id,
+                                                   candidates).as_dict())
                 log.info("iteration %s", history[-1])
-            save_student(self.model, self.tok, Path(out))
+            kept_path = Path(out)
+            if dev:
+                kept = best(candidates)
+                kept_path = base_checkpoint(kept.model)
+            else:  # no dev tasks: the last weights
+                kept = Candidate(f"iteration-{spec.iterations}", f"local/{out}")
+                save_student(self.model, self.tok, Path(out))
             metrics = {"iterations": history, "device": self.hw.device, "bf16": self.hw.bf16,
+                       "temperature": spec.temperature, "teacher_check": check.as_dict() if check else None, "kept": kept.as_dict(),
+                       "candidates": [c.as_dict() for c in candidates],
                        "tasks_left_out": self.left_out}  # training tasks the teacher never solved
-            ckpt = record_checkpoint(store, Path(out), spec.student, spec.method_name, run_id=run_id,
+            ckpt = record_checkpoint(store, kept_path, spec.student, spec.method_name, run_id=run_id,
                                      config=asdict(spec), metrics=metrics)
             store.set_run_status(run_id, "done")
-            return OPDResult(ckpt, Path(out), run_id, history)
+            return OPDResult(ckpt, kept_path, run_id, history, kept.as_dict())
         except BaseException:
             store.set_run_status(run_id, "error")
             raise
@@ -245,6 +282,72 @@ class OPDTrainer:
             pool.close()
             if getattr(self, "student", None) is not None:
                 self.student.release()
+
+    def _check_teacher(self, tasks: list[Task]):
+        """The teacher's and the starting student's agreement with the expert on stored states; warns when the
+        teacher is not the better of the two (see teacher_check.py)."""
+        from agentdistill.models.local import LocalModel
+        from agentdistill.train.data import EpisodeFilter
+        from agentdistill.train.teacher_check import check_teacher
+
+        spec = self.spec
+        if not spec.teacher_check_states:
+            return None
+        wanted = set(tasks)
+        episodes = [ep for ep in EpisodeFilter(role="teacher", success=True, env=spec.env, split=spec.split)
+                    .select(self.store) if Task(ep.task.env, ep.task.name, ep.task.variation, ep.task.split) in wanted]
+        if not episodes:
+            log.info("no stored expert episode of the training tasks: the teacher is not checked")
+            return None
+        teacher = self.student
+        if self.teacher is not None and self.teacher is not self.model:
+            teacher = LocalModel.from_model(f"{spec.teacher or spec.student}@teacher", self.teacher, self.tok)
+
+        def view(task: Task, msgs):
+            return with_context(msgs, self._teacher_context(task))
+
+        try:
+            check = check_teacher(episodes, self.student, teacher, view, spec.history, spec.max_tokens,
+                                  spec.teacher_check_states)
+        finally:
+            if teacher is not self.student:
+                teacher.release()
+        if check is not None:
+            log.info("teacher check: %s", check.as_dict())
+            if not check.teacher_better:
+                log.warning("the teacher agrees with the expert on %.0f%% of %d stored states and the student on "
+                            "%.0f%%: it is not the better of the two, so distilling from it is unlikely to help "
+                            "(give a stronger --teacher, or another --context)", 100 * check.teacher_agreement,
+                            check.states, 100 * check.student_agreement)
+        return check
+
+    def _teacher_context(self, task: Task) -> str | None:
+        if self.spec.context == "demo":
+            return demo_context(self.expert[task]) if task in self.expert else None
+        if self.spec.context == "skill":
+            options = self.skills.get(task.name) or [None]
+            return options[0]
+        return None
+
+    def _dev_set(self, env, pool) -> DevSet | None:
+        spec = self.spec
+        if not spec.dev_variations:
+            return None
+        from agentdistill.models import make_model
+
+        tasks = first_variations(env, "dev", spec.tasks, spec.dev_variations)
+        return DevSet(tasks, lambda m: LLMPolicy(make_model(m), 0.0, spec.max_tokens, 1, spec.history),
+                      spec.max_steps, pool, spec.rollout_concurrency, spec.seed)
+
+    def _score(self, dev: DevSet, candidate: Candidate, run_id: str, into: list[Candidate] | None = None) -> Candidate:
+        from agentdistill.models.registry import release_in_process_models
+
+        dev.score(self.store, candidate, f"select-{self.spec.method_name}-{candidate.name}:{run_id}")
+        release_in_process_models()
+        if into is not None:
+            into.append(candidate)
+        log.info("%s: dev success %.2f", candidate.name, candidate.dev_success)
+        return candidate
 
     def _vllm_policy(self, n: int, out: Path) -> LLMPolicy:
         """This iteration's student on vLLM: the current adapter saved beside the output and served on
@@ -284,7 +387,7 @@ class OPDTrainer:
         if spec.curriculum.mode == "f2b":
             max_steps = min(k, spec.max_steps)
         elif spec.curriculum.mode == "b2f":
-            prefixes = {t.key: self.expert[t.key][: max(0, len(self.expert[t.key]) - k)] for t in batch}
+            prefixes = {t: self.expert[t][: max(0, len(self.expert[t]) - k)] for t in batch}
             acting = PrefixReplayPolicy(policy, prefixes, min(k, spec.max_steps))
             max_steps = max(len(p) for p in prefixes.values()) + min(k, spec.max_steps)
         base = n * spec.episodes_per_iteration
@@ -316,23 +419,35 @@ class OPDTrainer:
             mean = sum(g) / len(g)
             std = (sum((r - mean) ** 2 for r in g) / len(g)) ** 0.5
             adv = (rewards[ep.id] - mean) / (std + 1e-6) if len(g) > 1 else 0.0
-            learn = lambda st: st.answered_by == self.student_id  # noqa: E731
-            student_convs = episode_conversations(ep, spec.history, spec.unit, learn=learn, sampled=True)
-            teacher_convs = episode_conversations(ep, spec.history, spec.unit, context=context, learn=learn,
-                                                  sampled=True)
-            for sc, tc in zip(student_convs, teacher_convs):
-                s, t = tokenize_conversation(self.tok, sc), tokenize_conversation(self.tok, tc)
-                if max(len(s.input_ids), len(t.input_ids)) > spec.max_length:
-                    log.warning("skipping a chat of episode %s longer than %d tokens", ep.id, spec.max_length)
+            for st in sorted(ep.steps, key=lambda st: st.idx):
+                if st.answered_by != self.student_id or not st.calls:  # replayed or teacher turns carry no loss
                     continue
-                pos = [j for j, m in enumerate(s.assistant_masks) if m and j > 0]
-                tpos = [j for j, m in enumerate(t.assistant_masks) if m and j > 0]
-                if [s.input_ids[j] for j in pos] != [t.input_ids[j] for j in tpos]:
-                    raise AgentDistillError("student and teacher views tokenize the agent turns differently: "
-                                            "teacher context must not change the chat's turn structure")
-                samples.append(_Sample(ep.id, task, sc, s.input_ids, pos, [sc.step_idx[s.turn_ids[j]] for j in pos],
-                                       t.input_ids, tpos, adv))
+                sample = self._sample(ep, task, st, context, adv)
+                if sample is not None:
+                    samples.append(sample)
         return samples
+
+    def _sample(self, ep, task: Task, st, context: str | None, adv: float) -> _Sample | None:
+        """One student turn as the rollout produced it: the prompt its model call sent (tokenized as the
+        model tokenized it) and the text it sampled. The teacher sees the same chat with its context appended
+        to the system message. A reply cut at max_tokens has no end-of-turn target: it was never sampled."""
+        from agentdistill.models.base import chat_prompt_ids
+
+        messages = st.calls[-1].messages  # the call that produced the action (after any skill load)
+        prompt = chat_prompt_ids(self.tok, messages)
+        teacher_prompt = chat_prompt_ids(self.tok, with_context(messages, context))
+        sampled = self.tok(st.raw_output or "", add_special_tokens=False)["input_ids"]
+        if (st.info or {}).get("finish") != "length":
+            sampled = sampled + [self.tok.eos_token_id]
+        if not sampled:
+            return None
+        if max(len(prompt), len(teacher_prompt)) + len(sampled) > self.spec.max_length:
+            log.warning("skipping a turn of episode %s longer than %d tokens", ep.id, self.spec.max_length)
+            return None
+        pos = list(range(len(prompt), len(prompt) + len(sampled)))
+        tpos = list(range(len(teacher_prompt), len(teacher_prompt) + len(sampled)))
+        return _Sample(ep.id, task, prompt + sampled, pos, [st.idx] * len(sampled), teacher_prompt + sampled, tpos,
+                       adv)
 
     def _logits_at(self, model, ids: list[int], positions: list[int]):
         import torch
@@ -364,11 +479,13 @@ class OPDTrainer:
         if not n_tokens:
             stats.update(tokens=0, divergence=None, loss=None)
             return stats
-        teacher = self.teacher or self.model  # a self-teacher is the current student: synced every iteration
+        teacher = self.teacher or self.model  # self_teacher "live": the current student, synced every iteration
         teacher.eval()
         self.model.eval()
         with torch.no_grad():
             for s in samples:
+                if spec.anchor_kl > 0:
+                    s.start_logits = self._logits_at(self.start, s.ids, s.positions)
                 tl = self._logits_at(teacher, s.teacher_ids, s.teacher_positions)
                 tokens = torch.tensor([s.ids[j] for j in s.positions], device=self.hw.device)
                 if spec.method == "opd":
@@ -397,6 +514,8 @@ class OPDTrainer:
                     mean_loss, values = skill_sd_loss(logp, s.teacher_logp, s.old_logp, adv,
                                                       spec.skill_sd_lambda, spec.grpo_weight)
                     loss = mean_loss * len(s.positions) / n_tokens
+                if spec.anchor_kl > 0:  # stay near the starting policy where the teacher pulls away from it
+                    loss = loss + spec.anchor_kl * divergence_per_token(logits, s.start_logits, "reverse_kl").sum() / n_tokens
                 loss.backward()
                 total += loss.item()
                 if u == 0:  # the divergence the rollout policy had, before this iteration's update
@@ -419,6 +538,16 @@ class OPDTrainer:
         stats.update(tokens=n_tokens, divergence=sum(all_vals) / len(all_vals), loss=losses[0],
                      loss_last=losses[-1], update_s=t_update, tokens_per_s=seq_tokens / t_update if t_update else None)
         return stats
+
+
+def with_context(messages: list[dict], context: str | None) -> list[dict]:
+    """The chat a privileged teacher sees: the student's, with `context` appended to the system message (as
+    policies.system_message appends a context)."""
+    if not context:
+        return messages
+    if messages and messages[0]["role"] == "system":
+        return [{**messages[0], "content": f"{messages[0]['content']}\n\n{context}"}, *messages[1:]]
+    return [{"role": "system", "content": context}, *messages]
 
 
 @in_a_thread_of_its_own  # its OpenMP pool must not slow later generation (openmp.py)

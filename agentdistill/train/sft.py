@@ -32,6 +32,7 @@ class SFTSpec:
     max_length: int = 2048
     seed: int = 0
     merge: bool = False  # save merged full weights instead of an adapter
+    save_epochs: bool = False  # also save the weights at each epoch's end (candidates for dev selection)
 
 
 @dataclass
@@ -39,6 +40,7 @@ class SFTResult:
     checkpoint_id: int
     path: Path
     metrics: dict[str, Any]
+    epochs: list[Path] = field(default_factory=list)  # with save_epochs: the weights after each epoch
 
 
 def score_only_labelled_tokens() -> None:
@@ -99,6 +101,9 @@ def train_sft(store: Store, dataset, out: str | Path, spec: SFTSpec, hw: Hardwar
     hw = hw or Hardware.pick()
     out = Path(out)
     trainer = sft_trainer(dataset, spec, hw, out.with_name(out.name + ".trainer"))
+    epochs: list[Path] = []
+    if spec.save_epochs:
+        trainer.add_callback(_EpochSaver(trainer, out.with_name(out.name + ".epochs"), epochs))
     t0 = time.perf_counter()
     result = trainer.train()
     wall = time.perf_counter() - t0
@@ -121,4 +126,15 @@ def train_sft(store: Store, dataset, out: str | Path, spec: SFTSpec, hw: Hardwar
     config = {**spec_dict(spec), "lora": spec_dict(spec.lora)}
     ckpt = record_checkpoint(store, out, spec.base_model, "sft", dataset_id=dataset_id, config=config, metrics=metrics)
     log.info("SFT checkpoint %s at %s: loss %.3f -> %.3f", ckpt, out, metrics["first_loss"] or 0, metrics["last_loss"] or 0)
-    return SFTResult(ckpt, out, metrics)
+    return SFTResult(ckpt, out, metrics, epochs)
+
+
+def _EpochSaver(trainer, root: Path, saved: list[Path]):
+    """A callback saving the weights (adapter) at each epoch's end: the candidates dev selection picks from."""
+    from transformers import TrainerCallback
+
+    class EpochSaver(TrainerCallback):
+        def on_epoch_end(self, args, state, control, **kwargs):
+            saved.append(save_student(trainer.model, trainer.processing_class, root / f"epoch-{len(saved) + 1}"))
+
+    return EpochSaver()
