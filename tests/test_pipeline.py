@@ -58,6 +58,7 @@ name = "sft"
 method = "sft"
 max_steps = 2
 batch_size = 2
+dev_variations = 1
 [[distill]]
 name = "tcod"
 method = "opd"
@@ -66,6 +67,7 @@ curriculum = "f2b"
 iterations = 1
 episodes_per_iteration = 1
 max_steps = 2
+dev_variations = 1
 [[distill]]
 name = "t2s"
 method = "skills"
@@ -76,6 +78,7 @@ skill = "t2s"
 iterations = 1
 episodes_per_iteration = 1
 max_steps = 2
+dev_variations = 0
 [[distill]]
 name = "soda"
 method = "soda"
@@ -258,7 +261,7 @@ def test_ctrl_c_then_sigkill_mid_stage_and_resume_repeats_nothing(tmp_path):
     # games generated into a fresh folder: the stages take long enough to be caught mid-way
     recipe.write_text(BASE.format(workdir=workdir).replace("variations = 3", "variations = 6")
                       .replace("variations = 2", f'variations = 6\noptions = {{ games_dir = "{tmp_path / "games"}" }}')
-                      + '[[distill]]\nname = "sft"\nmethod = "sft"\nmax_steps = 2\nbatch_size = 2\n[eval]\n')
+                      + '[[distill]]\nname = "sft"\nmethod = "sft"\nmax_steps = 2\nbatch_size = 2\ndev_variations = 0\n[eval]\n')
     db = str(tmp_path / "s.db")
 
     # Ctrl-C while the teacher is being collected: one line, exit 130, the stage marked as interrupted

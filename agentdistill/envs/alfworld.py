@@ -30,8 +30,18 @@ TASK_TYPES = ("pick_and_place_simple", "look_at_obj_in_light", "pick_clean_then_
 _ENGINE = threading.RLock()
 
 
+def installed_data() -> Path:
+    """Where the install script puts ALFWorld games when none are named (the sample games beside a clone)."""
+    from agentdistill.paths import cache_dir
+
+    return cache_dir() / "alfworld"
+
+
 def data_root(data: str | None = None) -> Path:
+    """The env option `data`, else $ALFWORLD_DATA, else the games the install script put in the cache."""
     root = data or os.environ.get("ALFWORLD_DATA")
+    if not root and (installed_data() / "json_2.1.1").is_dir():
+        return installed_data()
     if not root:
         raise EnvNotReady("ALFWorld data not found: run `alfworld-download` and set ALFWORLD_DATA, "
                           "or pass the env option data = \"<dir holding json_2.1.1>\"")
@@ -74,6 +84,8 @@ class ALFWorldEnv(Env):
     def requirements(cls, data: str | None = None, **options: Any) -> list[Requirement]:
         reqs = [python_package("alfworld", "alfworld"), python_package("textworld", "textworld")]
         root = data or os.environ.get("ALFWORLD_DATA")
+        if not root and (installed_data() / "json_2.1.1").is_dir():
+            root = str(installed_data())
         ok = bool(root) and (Path(root).expanduser() / "json_2.1.1").is_dir()
         reqs.append(Requirement(f"ALFWorld data at {root or '$ALFWORLD_DATA (unset)'}", ok,
                                 "alfworld-download, then export ALFWORLD_DATA=<its data dir>"))

@@ -342,6 +342,7 @@ class MiniWoBEnv(BrowserGymEnv):
     benchmark = "miniwob"
     setup_module = "browsergym.miniwob"
     action_subsets = ["bid"]
+    expert_acts_from_any_state = True  # it reads the current page (miniwob_expert.next_action)
 
     @classmethod
     def requirements(cls, **options: Any) -> list[Requirement]:
@@ -374,25 +375,21 @@ class MiniWoBEnv(BrowserGymEnv):
 
     def reset(self, task: Task, seed: int = 0) -> Observation:
         obs = super().reset(task, seed)
-        self._first = (obs.goal, obs.text)
-        self._plan: list[str] | None = None
-        self._steps = 0
+        self._goal, self._page = obs.goal, obs.text
         return obs
 
     def step(self, action: str) -> StepResult:
         result = super().step(action)
-        self._steps += 1
+        self._page = result.observation
         return result
 
     def expert_action(self) -> str | None:
-        """The scripted expert's next action (a subset of tasks, see miniwob_expert.py)."""
-        from agentdistill.envs.miniwob_expert import plan
+        """The scripted expert's next action on the current page (a subset of tasks, see miniwob_expert.py)."""
+        from agentdistill.envs.miniwob_expert import next_action
 
         if self._task is None:
             return None
-        if self._plan is None:
-            self._plan = plan(self._task.name, *self._first) or []
-        return self._plan[self._steps] if self._steps < len(self._plan) else None
+        return next_action(self._task.name, self._goal, self._page)
 
 
 # ---- VisualWebArena -----------------------------------------------------------------------------------

@@ -3,6 +3,11 @@
 MiniWoB++ ships no demonstrations offline, so for these tasks the expert reads the goal and the
 accessibility tree the agent also sees and writes the BrowserGym actions that solve the task. It is
 a teacher for the forms-and-buttons family; other tasks have no expert (None).
+
+The expert is closed-loop (`next_action`): it reads the *current* page (what each textbox holds, which
+boxes are checked, what a list shows) and answers with the first action still needed, so it can take
+over from any state another policy reached (DAgger's labels, a cascade's deferrals). A box another
+policy checked by mistake is unchecked; a textbox holding the wrong text is filled again.
 """
 
 from __future__ import annotations
@@ -18,6 +23,11 @@ class Node:
     role: str
     name: str
     rest: str  # the properties after the name (checked=..., focused, ...)
+
+    def prop(self, key: str) -> str | None:
+        """A property's value as the tree shows it (value='...', checked='true'), or None when absent."""
+        m = re.search(rf"\b{key}=(['\"])(.*?)\1(?:,|$)", self.rest)
+        return m[2] if m else None
 
 
 _NODE = re.compile(r"^\s*\[(?P<bid>[^\]]+)\] (?P<role>\S+) (?P<q>['\"])(?P<name>.*?)(?P=q)(?P<rest>.*)$")
@@ -102,4 +112,69 @@ def plan(task: str, goal: str, observation: str) -> list[str] | None:
     try:
         return make(m, parse_tree(observation))
     except (LookupError, IndexError):
+        return None
+
+
+def _holds(n: Node, text: str) -> bool:
+    """Does a textbox already hold `text`? (A password field may show it masked, one bullet per character.)"""
+    value = n.prop("value")
+    if value is None:
+        return text == ""
+    return value == text or (len(value) == len(text) and set(value) <= {"•", "*"})
+
+
+def _fills(pairs: list[tuple[Node, str]], nodes: list[Node], label: str = "Submit") -> str:
+    for box, text in pairs:
+        if not _holds(box, text):
+            return _fill(box, text)
+    return _submit(nodes, label)
+
+
+def _checkboxes(m: re.Match, n: list[Node]) -> str:
+    wanted = set(_items(m[1]))
+    for box in _find(n, "checkbox"):
+        if (box.prop("checked") == "true") != (box.name.strip() in wanted):
+            return _click(box)
+    if any(not _find(n, "checkbox", w) for w in wanted):
+        raise LookupError("a wanted checkbox is missing")
+    return _submit(n)
+
+
+def _option(m: re.Match, n: list[Node]) -> str:
+    radio = _one(n, "radio", m[1])
+    return _submit(n) if radio.prop("checked") == "true" else _click(radio)
+
+
+def _choose(m: re.Match, n: list[Node]) -> str:
+    box = _one(n, "combobox")
+    if box.prop("value") == m[1]:
+        return _submit(n)
+    return f"select_option({repr(box.bid)}, {repr(m[1])})"
+
+
+# goal pattern -> the next action, from the current page (closed loop)
+NEXT: dict[str, tuple[str, Callable[[re.Match, list[Node]], str]]] = {
+    **{task: (pattern, lambda m, n, make=make: make(m, n)[0]) for task, (pattern, make) in PLANS.items()
+       if task in ("click-test", "click-test-2", "click-button", "click-dialog", "click-tab", "focus-text")},
+    "enter-text": (PLANS["enter-text"][0], lambda m, n: _fills([(_one(n, "textbox"), m[1])], n)),
+    "enter-password": (PLANS["enter-password"][0], lambda m, n: _fills([(t, m[1]) for t in _find(n, "textbox")], n)),
+    "login-user": (PLANS["login-user"][0],
+                   lambda m, n: _fills(list(zip(_find(n, "textbox")[:2], (m[1], m[2]), strict=True)), n, "Login")),
+    "click-checkboxes": (PLANS["click-checkboxes"][0], _checkboxes),
+    "click-option": (PLANS["click-option"][0], _option),
+    "choose-list": (PLANS["choose-list"][0], _choose),
+}
+
+
+def next_action(task: str, goal: str, observation: str) -> str | None:
+    """The expert's next action on the page as it is now; None for a task (or a page) it cannot solve."""
+    if task not in NEXT:
+        return None
+    pattern, make = NEXT[task]
+    m = re.search(pattern, goal)
+    if not m:
+        return None
+    try:
+        return make(m, parse_tree(observation))
+    except (LookupError, IndexError, ValueError):
         return None

@@ -108,8 +108,10 @@ def sft(ctx: StageContext, d: SFTStage) -> dict[str, Any]:
     from agentdistill.train.model import base_checkpoint, record_checkpoint
     from agentdistill.train.selection import Candidate
 
-    candidates = [Candidate("init", start)] + [Candidate(f"epoch-{i}", f"local/{p}")
-                                                for i, p in enumerate(result.epochs, 1)]
+    # the final weights stand for the last epoch (a max_steps run may end between two epochs' ends)
+    earlier = [p for p in result.epochs[:-1]] if result.epochs else []
+    candidates = ([Candidate("init", start)] + [Candidate(f"epoch-{i}", f"local/{p}") for i, p in enumerate(earlier, 1)]
+                  + [Candidate("final", f"local/{result.path}")])
     kept = choose_on_dev(ctx, d.name, candidates, d.dev_variations)
     path = base_checkpoint(kept.model)
     checkpoint_id = result.checkpoint_id

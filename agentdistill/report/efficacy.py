@@ -102,6 +102,12 @@ def build(store: Store, run_id: str, save: bool = True) -> dict[str, Any]:
         row["train_s"] = sum(stages[f"distill.{u}"].wall_time or stages[f"distill.{u}"].outputs.get("wall_s", 0.0)
                              for u in uses if f"distill.{u}" in stages)
         row["teacher_data_cost"] = collect_out.get("cost", 0.0) if uses else 0.0
+        # DAgger's labels: what the teacher charged to label the student's states, beside the teacher data's cost
+        row["teacher_label_cost"] = sum(stages[f"distill.{u}"].outputs.get("label_cost") or 0.0
+                                        for u in uses if f"distill.{u}" in stages)
+        trained = stages.get(f"distill.{a}")
+        if trained is not None and trained.outputs.get("kept"):  # the candidate kept on dev, and its dev score
+            row["kept"] = {"candidate": trained.outputs["kept"], "dev_success": trained.outputs.get("dev_success")}
         init = _init_of(recipe, a)
         if init in outcomes:  # a method that continues a checkpoint must beat that checkpoint, not only base
             pairs = [(eps[k]["success"], outcomes[init][k]["success"]) for k in eps if k in outcomes[init]]
@@ -251,4 +257,17 @@ def conclusions(report: dict[str, Any]) -> list[str]:
         lines.append("against the checkpoint they continue (paired): " + ", ".join(
             f"{a['arm']} vs {a['diff_vs_init']['init']} {pct(a['diff_vs_init']['ci'], signed=True)} "
             f"({_verdict(a['diff_vs_init']['ci'])})" for a in continued))
+        not_better = [a["arm"] for a in continued if _verdict(a["diff_vs_init"]["ci"]) != "better"]
+        lines.append(f"did not beat their init: {', '.join(not_better) or 'none'}")
+    kept = [a for a in report["arms"] if a.get("kept")]
+    if kept:
+        lines.append("kept on dev: " + ", ".join(
+            f"{a['arm']} {a['kept']['candidate']}"
+            + (f" (dev {a['kept']['dev_success']:.0%})" if a["kept"].get("dev_success") is not None else "")
+            for a in kept))
+    labelled = [a for a in report["arms"] if a.get("teacher_label_cost")]
+    if labelled:
+        lines.append("teacher labelling cost (DAgger), beside the teacher data's "
+                     f"${(report.get('collect') or {}).get('cost') or 0:.4f}: "
+                     + ", ".join(f"{a['arm']} ${a['teacher_label_cost']:.4f}" for a in labelled))
     return lines
