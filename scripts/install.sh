@@ -45,13 +45,20 @@ extras="all"
 # llama-cpp-python (tests only) compiles for ~6 min; use both cores. Without OpenMP: llama.cpp's OpenMP
 # threads share one runtime with torch's, which cuts their spin-waits short once both have run in a
 # process (more OpenMP threads than cores), and llama.cpp's decoding then runs at about half speed.
+# Without AMX on x86: ggml's native build uses the CPU's AMX tiles where it has them (Intel Xeons since
+# Sapphire Rapids), and its AMX kernels kill the process there ("Illegal instruction": tile permission is
+# asked for on the main thread only; upstream llama.cpp PR #26954). AVX-512 stays on.
+no_amx=""
+[ "$(uname -m)" = x86_64 ] && no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
+CFLAGS="${CFLAGS:-} $no_amx" CXXFLAGS="${CXXFLAGS:-} $no_amx" \
 CMAKE_ARGS="${CMAKE_ARGS:--DGGML_OPENMP=OFF}" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
   $PY -m pip install -q -c "$constraints" -e ".[$extras]"
 if [ "$TEST" = 1 ] && [ -z "${CMAKE_ARGS:-}" ] && $PY -c "import sys
-from agentdistill.models.llamacpp import built_with_openmp
-sys.exit(not built_with_openmp())"; then
-  # pip reused a wheel it had built earlier with OpenMP: build it again
-  echo "rebuilding llama-cpp-python without OpenMP (a few minutes)"
+from agentdistill.models.llamacpp import built_with_amx, built_with_openmp
+sys.exit(not (built_with_openmp() or built_with_amx()))"; then
+  # pip reused a wheel it had built earlier with OpenMP or AMX: build it again
+  echo "rebuilding llama-cpp-python without OpenMP and AMX (a few minutes)"
+  CFLAGS="${CFLAGS:-} $no_amx" CXXFLAGS="${CXXFLAGS:-} $no_amx" \
   CMAKE_ARGS="-DGGML_OPENMP=OFF" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
     $PY -m pip install -q --no-deps --no-cache-dir --force-reinstall --no-binary llama-cpp-python \
     "llama-cpp-python==$($PY -c 'import llama_cpp; print(llama_cpp.__version__)')"

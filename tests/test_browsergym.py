@@ -11,7 +11,7 @@ pytest.importorskip("browsergym.miniwob", reason="pip install browsergym-miniwob
 
 from agentdistill.envs.browsergym import (  # noqa: E402
     MiniWoBEnv, VisualWebArenaEnv, browser_setup, chromium_requirement, miniwob_task_names)
-from agentdistill.envs.miniwob_expert import PLANS, parse_tree, plan  # noqa: E402
+from agentdistill.envs.miniwob_expert import NEXT, next_action, parse_tree  # noqa: E402
 
 needs_chromium = pytest.mark.skipif(not chromium_requirement().ok, reason="no Chromium: apt-get install chromium")
 pytestmark = [pytest.mark.browser]
@@ -137,10 +137,10 @@ def test_expert_plans_from_goal_and_tree():
             "\t[20] button 'Login'\n\t[21] checkbox \"it's\", checked='false'")
     assert [n.bid for n in parse_tree(tree)] == ["16", "19", "20", "21"]
     goal = 'Enter the username "kenda" and the password "Ttlh" into the text fields and press login.'
-    assert plan("login-user", goal, tree) == ["fill('16', 'kenda')", "fill('19', 'Ttlh')", "click('20')"]
-    assert plan("click-button", 'Click on the "ok" button.', tree) is None  # no such button: no expert
-    assert plan("book-flight", "Book the shortest one-way flight", tree) is None  # not a scripted task
-    assert set(PLANS) <= set(miniwob_task_names())
+    assert next_action("login-user", goal, tree) == "fill('16', 'kenda')"
+    assert next_action("click-button", 'Click on the "ok" button.', tree) is None  # no such button: no expert
+    assert next_action("book-flight", "Book the shortest one-way flight", tree) is None  # not a scripted task
+    assert set(NEXT) <= set(miniwob_task_names())
 
 
 def test_action_help_names_only_actions_of_the_configured_action_set():
@@ -187,8 +187,6 @@ def test_visualwebarena_configuration_without_sites(monkeypatch):
 
 
 def test_expert_reads_the_current_page_and_answers_from_any_state():
-    from agentdistill.envs.miniwob_expert import next_action
-
     goal = 'Enter the username "kenda" and the password "Ttlh" into the text fields and press login.'
     blank = "\t[16] textbox ''\n\t[19] textbox ''\n\t[20] button 'Login'"
     assert next_action("login-user", goal, blank) == "fill('16', 'kenda')"

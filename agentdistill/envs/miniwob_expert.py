@@ -76,45 +76,6 @@ def _items(text: str) -> list[str]:
     return [s.strip() for s in re.split(r",\s*|\s+and\s+", text) if s.strip()]
 
 
-Plan = Callable[[re.Match, list[Node]], list[str]]
-
-# goal pattern -> the actions that solve it, per task
-PLANS: dict[str, tuple[str, Plan]] = {
-    "click-test": (r"Click the button", lambda m, n: [_click(_one(n, "button"))]),
-    "click-test-2": (r"Click button (\w+)", lambda m, n: [_click(_one(n, "button", m[1]))]),
-    "click-button": (r'Click on the "(.+)" button', lambda m, n: [_click(_one(n, "button", m[1]))]),
-    "click-dialog": (r"Close the dialog box", lambda m, n: [_click(_one(n, "button", "Close"))]),
-    "click-tab": (r"Click on Tab #(\d+)", lambda m, n: [_click(_one(n, "link", f"Tab #{m[1]}"))]),
-    "focus-text": (r"Focus into the textbox", lambda m, n: [f"focus({repr(_one(n, 'textbox').bid)})"]),
-    "enter-text": (r'Enter "(.*)" into the text field',
-                   lambda m, n: [_fill(_one(n, "textbox"), m[1]), _submit(n)]),
-    "enter-password": (r'Enter the password "(.*)" into both',
-                       lambda m, n: [_fill(t, m[1]) for t in _find(n, "textbox")] + [_submit(n)]),
-    "login-user": (r'Enter the username "(.*)" and the password "(.*)" into',
-                   lambda m, n: [_fill(_find(n, "textbox")[0], m[1]), _fill(_find(n, "textbox")[1], m[2]),
-                                 _submit(n, "Login")]),
-    "click-checkboxes": (r"Select (.*) and click Submit",
-                         lambda m, n: [_click(_one(n, "checkbox", i)) for i in _items(m[1])] + [_submit(n)]),
-    "click-option": (r"Select (.*) and click Submit", lambda m, n: [_click(_one(n, "radio", m[1])), _submit(n)]),
-    "choose-list": (r"Select (.*) from the list and click Submit",
-                    lambda m, n: [f"select_option({repr(_one(n, 'combobox').bid)}, {repr(m[1])})", _submit(n)]),
-}
-
-
-def plan(task: str, goal: str, observation: str) -> list[str] | None:
-    """The whole action sequence for a task instance, from its goal and first page; None if no expert."""
-    if task not in PLANS:
-        return None
-    pattern, make = PLANS[task]
-    m = re.search(pattern, goal)
-    if not m:
-        return None
-    try:
-        return make(m, parse_tree(observation))
-    except (LookupError, IndexError):
-        return None
-
-
 def _holds(n: Node, text: str) -> bool:
     """Does a textbox already hold `text`? (A password field may show it masked, one bullet per character.)"""
     value = n.prop("value")
@@ -154,15 +115,20 @@ def _choose(m: re.Match, n: list[Node]) -> str:
 
 # goal pattern -> the next action, from the current page (closed loop)
 NEXT: dict[str, tuple[str, Callable[[re.Match, list[Node]], str]]] = {
-    **{task: (pattern, lambda m, n, make=make: make(m, n)[0]) for task, (pattern, make) in PLANS.items()
-       if task in ("click-test", "click-test-2", "click-button", "click-dialog", "click-tab", "focus-text")},
-    "enter-text": (PLANS["enter-text"][0], lambda m, n: _fills([(_one(n, "textbox"), m[1])], n)),
-    "enter-password": (PLANS["enter-password"][0], lambda m, n: _fills([(t, m[1]) for t in _find(n, "textbox")], n)),
-    "login-user": (PLANS["login-user"][0],
+    "click-test": (r"Click the button", lambda m, n: _click(_one(n, "button"))),
+    "click-test-2": (r"Click button (\w+)", lambda m, n: _click(_one(n, "button", m[1]))),
+    "click-button": (r'Click on the "(.+)" button', lambda m, n: _click(_one(n, "button", m[1]))),
+    "click-dialog": (r"Close the dialog box", lambda m, n: _click(_one(n, "button", "Close"))),
+    "click-tab": (r"Click on Tab #(\d+)", lambda m, n: _click(_one(n, "link", f"Tab #{m[1]}"))),
+    "focus-text": (r"Focus into the textbox", lambda m, n: f"focus({repr(_one(n, 'textbox').bid)})"),
+    "enter-text": (r'Enter "(.*)" into the text field', lambda m, n: _fills([(_one(n, "textbox"), m[1])], n)),
+    "enter-password": (r'Enter the password "(.*)" into both',
+                       lambda m, n: _fills([(t, m[1]) for t in _find(n, "textbox")], n)),
+    "login-user": (r'Enter the username "(.*)" and the password "(.*)" into',
                    lambda m, n: _fills(list(zip(_find(n, "textbox")[:2], (m[1], m[2]), strict=True)), n, "Login")),
-    "click-checkboxes": (PLANS["click-checkboxes"][0], _checkboxes),
-    "click-option": (PLANS["click-option"][0], _option),
-    "choose-list": (PLANS["choose-list"][0], _choose),
+    "click-checkboxes": (r"Select (.*) and click Submit", _checkboxes),
+    "click-option": (r"Select (.*) and click Submit", _option),
+    "choose-list": (r"Select (.*) from the list and click Submit", _choose),
 }
 
 

@@ -35,6 +35,15 @@ def built_with_openmp() -> bool:
     return b"OPENMP = 1" in llama_print_system_info()
 
 
+def built_with_amx() -> bool:
+    """ggml's AMX kernels crash the process on Intel Xeons with AMX (tile-data permission is asked for on the
+    main thread only, the tiles run on worker threads: upstream llama.cpp PR #26954); the install builds
+    without them (scripts/install.sh)."""
+    from llama_cpp import llama_print_system_info
+
+    return b"AMX" in llama_print_system_info()
+
+
 def resolve_gguf(name_or_path: str) -> Path:
     """An alias (`smollm2-135m`) or a .gguf file -> the file; one-line errors otherwise."""
     from agentdistill.models.local import ALIASES, packaged_gguf

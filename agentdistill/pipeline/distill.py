@@ -200,7 +200,9 @@ def dagger(ctx: StageContext, d: DAggerStage) -> dict[str, Any]:
 
     recipe, collected = ctx.recipe, _collected(ctx)
     c, student = recipe.collect, recipe.student
-    labeller = build_labeller(d.teacher or recipe.teacher, ctx.store, recipe.env.name)
+    # the recipe's [teacher] labels (with its price) unless the stage names another teacher
+    same = d.teacher is None or (d.teacher == "expert" and recipe.teacher.policy == "expert")
+    labeller = build_labeller(recipe.teacher if same else d.teacher, ctx.store, recipe.env.name)
 
     def policy(model: str, temperature: float):
         return build_policy(student.model_copy(update={"model": model, "temperature": temperature}), ctx.store,
