@@ -109,7 +109,7 @@ def sft(ctx: StageContext, d: SFTStage) -> dict[str, Any]:
     from agentdistill.train.selection import Candidate
 
     # the final weights stand for the last epoch (a max_steps run may end between two epochs' ends)
-    earlier = [p for p in result.epochs[:-1]] if result.epochs else []
+    earlier = result.epochs[:-1]
     candidates = ([Candidate("init", start)] + [Candidate(f"epoch-{i}", f"local/{p}") for i, p in enumerate(earlier, 1)]
                   + [Candidate("final", f"local/{result.path}")])
     kept = choose_on_dev(ctx, d.name, candidates, d.dev_variations)
@@ -126,7 +126,7 @@ def sft(ctx: StageContext, d: SFTStage) -> dict[str, Any]:
 def choose_on_dev(ctx: StageContext, name: str, candidates: list, variations: int):
     """Score each candidate on the recipe's dev tasks (the student's prompt, greedy) and return the best."""
     from agentdistill.models.registry import release_in_process_models
-    from agentdistill.train.selection import DevSet, best
+    from agentdistill.train.selection import best
 
     recipe = ctx.recipe
     dev = dev_set(ctx, variations)
@@ -137,7 +137,7 @@ def choose_on_dev(ctx: StageContext, name: str, candidates: list, variations: in
     finally:
         dev.pool.close()
     kept = best(candidates)
-    ctx.say(f"  dev: " + ", ".join(f"{c.name} {c.dev_success:.0%}" for c in candidates) + f"; kept {kept.name}")
+    ctx.say("  dev: " + ", ".join(f"{c.name} {c.dev_success:.0%}" for c in candidates) + f"; kept {kept.name}")
     return kept
 
 

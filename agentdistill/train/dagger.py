@@ -143,9 +143,7 @@ class DAggerTrainer:
             metrics = {"rounds": rounds, "kept": kept.as_dict(), "candidates": [c.as_dict() for c in candidates],
                        "labeller": setup.labeller.id, "label_cost": label_cost,
                        "labels": sum(r["labels"] for r in rounds)}
-            from agentdistill.train.model import base_checkpoint as checkpoint_dir
-
-            kept_path = checkpoint_dir(kept.model)
+            kept_path = base_checkpoint(kept.model)
             ckpt = record_checkpoint(store, kept_path, setup.student, "dagger", run_id=run_id,
                                      dataset_id=kept.extra.get("dataset_id"),
                                      config=cfg.model_dump(mode="json"), metrics=metrics)
