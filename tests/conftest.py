@@ -34,6 +34,23 @@ def _no_env_kept_between_tests():
             getattr(sys.modules[module], kept).stop_all()
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _memory_given_back_after_each_module():
+    """A module's in-process models (weights, KV caches) go when it ends, and freed heap pages go back to the
+    OS (glibc keeps them otherwise): without this the pytest process held 15 GB by test_opd, and the CLI
+    subprocesses of later tests, which train models of their own, crawled for lack of memory (CI timed out)."""
+    yield
+    import ctypes
+    import sys
+
+    if "agentdistill.models.registry" in sys.modules:
+        sys.modules["agentdistill.models.registry"].release_in_process_models()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 @pytest.fixture(scope="session")
 def pg_url():
     """A throwaway PostgreSQL server on 127.0.0.1 (apt: postgresql), or a skip saying why."""

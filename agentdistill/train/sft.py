@@ -82,8 +82,6 @@ def sft_trainer(dataset, spec: SFTSpec, hw: Hardware, output_dir: Path, extra_ar
         report_to=[],
         remove_unused_columns=True,
         disable_tqdm=True,
-        # a 135M-1B student's activations fit easily: recomputing them (TRL's default) costs ~20% a step
-        gradient_checkpointing=False,
         **hw.trainer_args(),
         **(extra_args or {}),
     )

@@ -169,7 +169,7 @@ def train_soda(store: Store, episode_ids: list[int], out: str | Path, spec: SODA
         max_length=spec.max_length, seed=spec.seed,
         # the reference (adapter-off) log-probs once, before training: one forward less per step and epoch
         precompute_ref_log_probs=True, precompute_ref_batch_size=max(8, 2 * spec.batch_size), logging_steps=1, save_strategy="no", report_to=[],
-        disable_tqdm=True, gradient_checkpointing=False, **hw.trainer_args())
+        disable_tqdm=True, **hw.trainer_args())
     score_only_labelled_tokens()
     trainer = DPOTrainer(model=model, args=args, train_dataset=train, processing_class=tok)
     trainer.remove_callback(PrinterCallback)
