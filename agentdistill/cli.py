@@ -18,7 +18,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from agentdistill.cli_options import config_options
 from agentdistill.errors import AgentDistillError
+from agentdistill.train.dagger_config import DAggerConfig
 from agentdistill.secrets import install_log_filter, redact
 
 console = Console()
@@ -824,6 +826,46 @@ def train_opd_cmd(
     if result.kept.get("dev_success") is not None:
         console.print(f"kept {result.kept['name']} (dev success {result.kept['dev_success']:.0%})")
     console.print(f"checkpoint {result.checkpoint_id}: {result.path}; use it as model local/{result.path}")
+
+
+@train_app.command("dagger")
+@config_options(DAggerConfig)
+def train_dagger_cmd(
+    out: Annotated[Path, typer.Argument(help="Checkpoint directory; use it as student model local/<out>.")],
+    config: DAggerConfig,
+    student: Annotated[str, typer.Option(help="local/<name|checkpoint|adapter dir> to start from (e.g. an SFT checkpoint).")] = "local/smollm2-135m",
+    env: FilterEnv = "textworld",
+    split: Annotated[str, typer.Option(help="Training task split.")] = "train",
+    task: FilterTasks = None,
+    variations: Annotated[int, typer.Option(help="Training variations per task the student plays from.")] = 50,
+    history: Annotated[int, typer.Option(help="History turns the student sees (as when it was trained).")] = 2,
+    max_tokens: Annotated[int, typer.Option(help="The student's reply limit.")] = 24,
+    eval_steps: Annotated[int, typer.Option(help="Step limit of dev episodes (and of rollouts unless --max-steps).")] = 10,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank of a new adapter (an adapter as --student is continued).")] = 16,
+    lr: Annotated[float, typer.Option("--lr", help="Learning rate.")] = 1e-3,
+    db: DbOpt = None,
+) -> None:
+    """DAgger: the student plays train tasks, a black-box teacher (the env's expert, or any model given the
+    student's prompt) labels every state it visited, and it is retrained on the growing labelled set.
+
+    Example: agentdistill train dagger ckpt/dagger --student local/ckpt/sft --env textworld --task medium
+    """
+    from agentdistill.config import PolicySpec
+    from agentdistill.train.dagger import dagger_setup, train_dagger
+    from agentdistill.train.model import LoraSpec
+
+    store = _store(db)
+    demos = store.episode_ids("teacher", True, env, None, split, task, None) if config.teacher_data else []
+    setup = dagger_setup(store, config, student_spec=PolicySpec(model=student, history=history, max_tokens=max_tokens),
+                         teacher=config.teacher or "expert", env=env, env_options={}, task_names=task, split=split,
+                         variations=variations, start=student, teacher_episodes=demos, max_steps=eval_steps,
+                         lora=LoraSpec(r=lora_r, alpha=2 * lora_r), learning_rate=lr)
+    console.print(f"dagger: {config.rounds} rounds x {config.episodes_per_round} episodes on {len(setup.train_tasks)} "
+                  f"{env} tasks, labels by {setup.labeller.id}, from {len(demos)} teacher episodes")
+    result = train_dagger(store, config, setup, out, say=console.print)
+    kept = result.kept
+    console.print(f"kept {kept['name']}" + (f" (dev success {kept['dev_success']:.0%})" if kept.get("dev_success") is not None else "")
+                  + f"; checkpoint {result.checkpoint_id}: {result.path}; use it as model {result.model}")
 
 
 skills_app = typer.Typer(no_args_is_help=True, help="Skill packs: the versioned library and installs into agent hosts.")

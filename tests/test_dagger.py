@@ -243,3 +243,33 @@ def test_selection_keeps_the_better_of_two_candidates_when_one_is_degraded(tmp_p
     assert bad.dev_success < good.dev_success
     assert best([good, bad]) is good and best([bad, good]) is good
     assert store.get_run(good.dev_run).kind == "select"
+
+
+def test_train_dagger_command_takes_the_configs_fields_and_refuses_bad_ones_in_one_line(tmp_path):
+    db = tmp_path / "s.db"
+    for args, fragment in ((["--beta", "2"], "--beta"), (["--label", "some"], "--label"),
+                           (["--env", "scienceworld"], "open-loop")):
+        p = run_cli("train", "dagger", str(tmp_path / "out"), "--db", str(db), *args)
+        lines = (p.stderr.strip() + "\n" + p.stdout.strip()).strip().splitlines()
+        assert p.returncode != 0 and len(lines) == 1 and fragment in lines[0], p.stderr + p.stdout
+        assert "Traceback" not in p.stderr
+        assert not db.exists() or _count_runs(db) == 0
+
+
+@pytest.mark.slow
+def test_train_dagger_command_runs_a_round_from_the_expert(tmp_path):
+    """`agentdistill train dagger` end to end: one round of two student episodes on TextWorld, labelled by the
+    expert, a checkpoint written and recorded."""
+    db = tmp_path / "s.db"
+    out = tmp_path / "dagger"
+    p = run_cli("train", "dagger", str(out), "--db", str(db), "--env", "textworld", "--task", "easy",
+                "--variations", "2", "--rounds", "1", "--episodes-per-round", "2", "--eval-steps", "4",
+                "--no-teacher-data", "--epochs", "1", "--dev-variations", "0")
+    assert p.returncode == 0, p.stderr
+    assert "labels by expert" in p.stdout and "kept round-1" in p.stdout, p.stdout
+    from agentdistill.store.models import Checkpoint
+    from agentdistill.store.store import Store
+
+    store = Store.open(str(db))
+    (ckpt,) = _rows(store, Checkpoint)[-1:]
+    assert ckpt.method == "dagger" and ckpt.metrics["labels"] > 0 and (out / "round-1").is_dir()

@@ -192,38 +192,22 @@ def opd(ctx: StageContext, d: OPDStage | SkillSDStage) -> dict[str, Any]:
 
 
 def dagger(ctx: StageContext, d: DAggerStage) -> dict[str, Any]:
-    from agentdistill.agents.labelling import build_labeller
-    from agentdistill.agents.rollout import build_policy, first_variations
-    from agentdistill.envs import make
-    from agentdistill.train.dagger import DAggerSetup, train_dagger
+    from agentdistill.train.dagger import dagger_setup, train_dagger
     from agentdistill.train.dagger_config import DAggerConfig
 
     recipe, collected = ctx.recipe, _collected(ctx)
     c, student = recipe.collect, recipe.student
+    config = DAggerConfig(**d.model_dump(include=set(DAggerConfig.model_fields)))
     # the recipe's [teacher] labels (with its price) unless the stage names another teacher
     same = d.teacher is None or (d.teacher == "expert" and recipe.teacher.policy == "expert")
-    labeller = build_labeller(recipe.teacher if same else d.teacher, ctx.store, recipe.env.name)
-
-    def policy(model: str, temperature: float):
-        return build_policy(student.model_copy(update={"model": model, "temperature": temperature}), ctx.store,
-                            recipe.env.name)
-
-    names = c.tasks or recipe.env.tasks
-    env = make(recipe.env.name, **recipe.env.options)
-    try:
-        train_tasks = first_variations(env, c.split, names, c.variations)
-        dev_tasks = first_variations(env, "dev", names, d.dev_variations) if d.dev_variations else []
-    finally:
-        env.close()
-    setup = DAggerSetup(student=base_model(ctx, d.init), policy=policy, labeller=labeller, env=recipe.env.name,
-                        train_tasks=train_tasks, dev_tasks=dev_tasks,
-                        max_steps=student.max_steps or recipe.runner.max_steps, history=student.history,
-                        env_options=dict(recipe.env.options), teacher_episodes=collected["episode_ids"],
-                        lora=_lora(d), learning_rate=d.learning_rate or (1e-3 if _lora(d) else 5e-5),
-                        max_length=d.max_length, seed=d.seed)
-    ctx.say(f"  dagger: {d.rounds} rounds x {d.episodes_per_round} student episodes, labels by {labeller.id} "
-            f"({d.label}), beta {d.beta}" + (f", kept on {len(dev_tasks)} dev tasks" if dev_tasks else ""))
-    config = DAggerConfig(**d.model_dump(include=set(DAggerConfig.model_fields)))
+    setup = dagger_setup(ctx.store, config, student_spec=student, teacher=recipe.teacher if same else d.teacher,
+                         env=recipe.env.name, env_options=recipe.env.options, task_names=c.tasks or recipe.env.tasks,
+                         split=c.split, variations=c.variations, start=base_model(ctx, d.init),
+                         teacher_episodes=collected["episode_ids"], max_steps=student.max_steps or recipe.runner.max_steps,
+                         lora=_lora(d), learning_rate=d.learning_rate or (1e-3 if _lora(d) else 5e-5),
+                         max_length=d.max_length, seed=d.seed)
+    ctx.say(f"  dagger: {d.rounds} rounds x {d.episodes_per_round} student episodes, labels by {setup.labeller.id} "
+            f"({d.label}), beta {d.beta}" + (f", kept on {len(setup.dev_tasks)} dev tasks" if setup.dev_tasks else ""))
     result = train_dagger(ctx.store, config, setup, ctx.artifact("checkpoints", d.name), say=ctx.say)
     return {"checkpoint_id": result.checkpoint_id, "path": str(result.path), "model": result.model,
             "run_id": result.run_id, "kept": result.kept["name"], "dev_success": result.kept["dev_success"],

@@ -187,6 +187,35 @@ class DAggerTrainer:
         return path, dataset_id, len(ds)
 
 
+def dagger_setup(store: Store, config: DAggerConfig, *, student_spec, teacher, env: str, env_options: dict[str, Any],
+                 task_names: list[str] | None, split: str, variations: int | None, start: str,
+                 teacher_episodes: list[int], max_steps: int, lora: LoraSpec | None, learning_rate: float,
+                 max_length: int = 2048, seed: int = 0) -> DAggerSetup:
+    """The DAggerSetup of a recipe stage or of `agentdistill train dagger`: the student's policy spec (its
+    prompt, history, token limit) with `start` as its model, the labeller built from `teacher` (a policy spec,
+    "expert" or a model id), the train tasks (`variations` of each name in `split`) and the config's dev
+    tasks."""
+    from agentdistill.agents.labelling import build_labeller, check_labeller
+    from agentdistill.agents.rollout import build_policy, first_variations
+
+    labeller = build_labeller(teacher, store, env)
+    check_labeller(env_class(env), labeller.id)  # an open-loop expert is refused before any env starts
+
+    def policy(model: str, temperature: float) -> LLMPolicy:
+        return build_policy(student_spec.model_copy(update={"model": model, "temperature": temperature}), store, env)
+
+    e = make(env, **env_options)
+    try:
+        train_tasks = first_variations(e, split, task_names, variations)
+        dev_tasks = first_variations(e, "dev", task_names, config.dev_variations) if config.dev_variations else []
+    finally:
+        e.close()
+    return DAggerSetup(student=start, policy=policy, labeller=labeller, env=env, train_tasks=train_tasks,
+                       dev_tasks=dev_tasks, max_steps=max_steps, history=student_spec.history,
+                       env_options=dict(env_options), teacher_episodes=teacher_episodes, lora=lora,
+                       learning_rate=learning_rate, max_length=max_length, seed=seed)
+
+
 def train_dagger(store: Store, config: DAggerConfig, setup: DAggerSetup, out: str | Path,
                  say: Callable[[str], None] = lambda s: None) -> DAggerResult:
     return DAggerTrainer(store, config, setup, say).train(out)
