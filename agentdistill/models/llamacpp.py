@@ -8,9 +8,14 @@ train, use `local/` (the same weights, de-quantized into a checkpoint).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
 import logging
 import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -65,6 +70,59 @@ def check_llamacpp(name_or_path: str) -> None:
         raise ConfigError(f"model {PREFIX}{name_or_path} needs llama-cpp-python: {_INSTALL}")
 
 
+# a completion of a few tokens with every core: the path that died with SIGILL on Xeons with AMX
+_PROBE = """
+import os, sys
+from llama_cpp import Llama
+llm = Llama(model_path=sys.argv[1], n_ctx=256, n_threads=os.cpu_count(), verbose=False)
+llm.create_completion("The capital of France is", max_tokens=4, temperature=0.0)
+"""
+REBUILD = ("rebuild llama-cpp-python without AMX: CFLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' "
+           "CXXFLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' CMAKE_ARGS=-DGGML_OPENMP=OFF pip install "
+           "--force-reinstall --no-cache-dir --no-deps llama-cpp-python (scripts/install.sh --test does), or use "
+           "the same model as local/<name> (transformers)")
+
+
+def library_build() -> str:
+    """A fingerprint of the installed llama-cpp-python build: its version and its native libraries' sizes and
+    times (a rebuild of the same version changes them)."""
+    spec = importlib.util.find_spec("llama_cpp")
+    root = Path(spec.origin).parent
+    files = sorted(p for p in root.rglob("*") if p.suffix in (".so", ".dylib", ".dll") or p.name == "__init__.py")
+    text = "\n".join(f"{p.relative_to(root)} {p.stat().st_size} {p.stat().st_mtime_ns}" for p in files)
+    return hashlib.sha256(f"{root}\n{text}".encode()).hexdigest()[:16]
+
+
+def native_crash(gguf: Path) -> str | None:
+    """None if llama.cpp can run `gguf` in this process's place, else the signal that killed a subprocess that
+    tried (e.g. "SIGILL"): a native crash in process would take the run, and pytest, down with it. The verdict
+    is kept per library build and model file, so the probe (a second or two) runs once."""
+    from agentdistill.paths import cache_dir
+
+    st = gguf.stat()
+    key = f"{library_build()}-{hashlib.sha256(f'{gguf.resolve()} {st.st_size}'.encode()).hexdigest()[:12]}"
+    verdict = cache_dir() / "llamacpp-probe" / f"{key}.json"
+    if verdict.exists():
+        return json.loads(verdict.read_text())["crash"]
+    try:
+        proc = subprocess.run([sys.executable, "-c", _PROBE, str(gguf)], capture_output=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return None  # slow is not a crash: the load in process says what is wrong, if anything
+    if proc.returncode >= 0:  # it ran, or failed with a Python error the load in process reports itself
+        crash = None
+    else:
+        try:
+            crash = signal.Signals(-proc.returncode).name
+        except ValueError:
+            crash = f"signal {-proc.returncode}"
+    if proc.returncode <= 0:  # a clean run or a crash is a verdict on this build; a Python error is not kept
+        verdict.parent.mkdir(parents=True, exist_ok=True)
+        tmp = verdict.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"crash": crash, "gguf": str(gguf)}))
+        tmp.replace(verdict)
+    return crash
+
+
 class _Loaded:
     """One llama.cpp context per (file, context size), shared by every model object naming it. A context
     is not thread-safe: calls take its lock (concurrent episodes queue; llama.cpp uses every core)."""
@@ -75,6 +133,10 @@ class _Loaded:
     def __init__(self, path: Path, n_ctx: int, n_threads: int | None):
         from llama_cpp import Llama
 
+        crash = native_crash(path)
+        if crash:
+            raise ConfigError(f"llama.cpp crashed ({crash}) running {path.name} on this CPU, in a probe (a "
+                              f"subprocess), so it was not loaded here: {REBUILD}")
         try:
             self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=n_threads or os.cpu_count(),
                              verbose=False)
