@@ -7,7 +7,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator,
+                      model_serializer, model_validator)
 
 from agentdistill.errors import ConfigError
 from agentdistill.train.dagger_config import DAggerConfig
@@ -15,6 +16,20 @@ from agentdistill.train.dagger_config import DAggerConfig
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class _PluginOptions(_Strict):
+    """A table with a plugin's `options`: left out of its dump while empty, so the recipes and stage keys of
+    built-in policies read as before plugins existed (finished stages stay reusable)."""
+
+    options: dict[str, Any] = {}
+
+    @model_serializer(mode="wrap")
+    def _without_empty_options(self, handler):
+        data = handler(self)
+        if isinstance(data, dict) and not data.get("options", True):
+            data.pop("options")
+        return data
 
 
 class PriceSpec(_Strict):
@@ -35,8 +50,39 @@ class IcdSpec(_Strict):
     method: Literal["auto", "dense", "bm25"] = "auto"
 
 
-class PolicySpec(_Strict):
-    policy: Literal["expert", "llm", "cascade"] = "llm"
+BUILTIN_POLICIES = ("expert", "llm", "cascade")  # built from a recipe's fields (agents/rollout.py build_policy)
+
+
+def _resolves(resolve, name: str):
+    """`resolve(name)` (a plugin's class), its one-line ConfigError as a ValueError: pydantic adds the field's
+    location (teacher.policy, env.name, distill.0.method)."""
+    try:
+        return resolve(name)
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+
+
+def _known_policy(name: str) -> str:
+    if name not in BUILTIN_POLICIES:
+        from agentdistill.agents.policies import policy_class
+
+        _resolves(policy_class, name)
+    return name
+
+
+def _plugin_policy(name: str, options: dict[str, Any]) -> None:
+    """A plugin policy takes these options (`Class(**options)` would not fail on their names), or a ValueError."""
+    from agentdistill.agents.policies import policy_class
+    from agentdistill.plugins import check_options
+
+    _resolves(lambda n: check_options(f"policy {n!r}: options", policy_class(n), options), name)
+
+
+class PolicySpec(_PluginOptions):
+    # "expert", "llm", "cascade", or a plugin: an entry point in group agentdistill.policies or
+    # "package.module:Class" (a Policy subclass made as Class(**options), `options` being its constructor's
+    # keyword arguments)
+    policy: str = "llm"
     model: str | None = None  # litellm id or local/<name-or-path>; required for policy = "llm"
     api_base: str | None = None  # OpenAI-compatible server, e.g. http://localhost:8000/v1
     api_key_env: str | None = None  # name of the env var holding the key (never the key itself)
@@ -56,8 +102,25 @@ class PolicySpec(_Strict):
     skills: list[str] = []  # skill packs: library names ("name" or "name@3") or pack directories
     skill_mode: Literal["inline", "progressive"] = "inline"
 
+    _known = field_validator("policy")(_known_policy)
+
+    @property
+    def is_plugin(self) -> bool:
+        return self.policy not in BUILTIN_POLICIES
+
     @model_validator(mode="after")
     def _model_matches_policy(self) -> PolicySpec:
+        if self.is_plugin:
+            used = [f for f in ("model", "api_base", "api_key_env", "price", "icd", "fallback") if getattr(self, f)]
+            used += ["skills"] if self.skills else []
+            if used:
+                raise ValueError(f"{', '.join(used)}: for the built-in policies (llm, cascade, expert); a plugin "
+                                 f"policy gets what it needs from options = {{ ... }}")
+            _plugin_policy(self.policy, self.options)
+            return self
+        if self.options:
+            raise ValueError(f'options are for plugin policies (policy = "package.module:Class"): remove them from '
+                             f'policy "{self.policy}"')
         if self.policy in ("llm", "cascade") and not self.model:
             raise ValueError(f'policy "{self.policy}" needs a model, e.g. model = "local/smollm2-135m"')
         if self.policy == "cascade" and self.fallback is None:
@@ -88,13 +151,13 @@ class EnvSpec(_Strict):
     variations: int | None = Field(2, ge=1)  # first N variations of each task in the split; None: all
     options: dict[str, Any] = {}  # passed to the env constructor
 
-    @model_validator(mode="after")
-    def _known_env(self) -> EnvSpec:
-        from agentdistill.envs import names
+    @field_validator("name")
+    @classmethod
+    def _known_env(cls, name: str) -> str:
+        from agentdistill.envs.registry import check_name
 
-        if self.name not in names():
-            raise ValueError(f"unknown environment {self.name!r}: choose one of {', '.join(names())}")
-        return self
+        _resolves(check_name, name)  # a built-in, an entry point of agentdistill.envs, or "package.module:Class"
+        return name
 
 
 class RunnerSpec(_Strict):
@@ -246,23 +309,101 @@ class ICDStage(_Strict):
     retrieval: Literal["auto", "dense", "bm25"] = "auto"
 
 
-DistillSpec = Annotated[
-    SFTStage | OPDStage | SkillSDStage | DAggerStage | SODAStage | SkillsStage | ICDStage, Field(discriminator="method")
-]
-CHECKPOINT_METHODS = ("sft", "opd", "skill_sd", "dagger", "soda")
-
-
-class ArmSpec(_Strict):
-    """An evaluation arm built from the base student and what the distill stages produced."""
+class PluginStage(_Strict):
+    """A distill method from a plugin (distill/base.py): an entry point of agentdistill.distillers or
+    "package.module:Class", made with `options` as keyword arguments."""
 
     name: str = Field(pattern=NAME)
-    policy: Literal["llm", "cascade"] = "llm"
+    method: str
+    init: str = "base"  # the model it starts from: the base student, or an earlier training stage's checkpoint
+    options: dict[str, Any] = {}
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        from agentdistill.distill.base import distiller_class
+
+        _resolves(distiller_class, method)
+        return method
+
+    @model_validator(mode="after")
+    def _takes_options(self) -> PluginStage:
+        from agentdistill.plugins import check_options
+
+        _resolves(lambda m: check_options(f"distill method {m!r}: options", self.distiller(), self.options),
+                  self.method)
+        return self
+
+    def distiller(self):
+        from agentdistill.distill.base import distiller_class
+
+        return distiller_class(self.method)
+
+    @property
+    def produces(self) -> str:
+        return self.distiller().produces
+
+
+BUILTIN_METHODS = ("sft", "opd", "skill_sd", "dagger", "soda", "skills", "icd")
+CHECKPOINT_METHODS = ("sft", "opd", "skill_sd", "dagger", "soda")
+PLUGIN_TAG = "plugin"
+
+
+def _method_tag(data: Any) -> str | None:
+    """Built-in methods by name; any other method is a plugin's (None: no method, pydantic says so)."""
+    method = data.get("method") if isinstance(data, dict) else getattr(data, "method", None)
+    if method is None:
+        return None
+    return method if method in BUILTIN_METHODS else PLUGIN_TAG
+
+
+DistillSpec = Annotated[
+    Annotated[SFTStage, Tag("sft")] | Annotated[OPDStage, Tag("opd")] | Annotated[SkillSDStage, Tag("skill_sd")]
+    | Annotated[DAggerStage, Tag("dagger")] | Annotated[SODAStage, Tag("soda")] | Annotated[SkillsStage, Tag("skills")]
+    | Annotated[ICDStage, Tag("icd")] | Annotated[PluginStage, Tag(PLUGIN_TAG)],
+    Discriminator(_method_tag, custom_error_type="invalid_union_member",
+                  custom_error_message="a distill stage needs a method: " + ", ".join(BUILTIN_METHODS)
+                  + ' or a plugin\'s "package.module:Class"'),
+]
+
+
+def product(d) -> str:
+    """What a distill stage produces: "checkpoint", "skills" (a pack), "icd" (a demo index) or "policy"."""
+    if isinstance(d, PluginStage):
+        return {"skill": "skills"}.get(d.produces, d.produces)
+    return "checkpoint" if d.method in CHECKPOINT_METHODS else d.method
+
+
+class ArmSpec(_PluginOptions):
+    """An evaluation arm built from the base student and what the distill stages produced, or a plugin policy
+    (`options`: its keyword arguments)."""
+
+    name: str = Field(pattern=NAME)
+    policy: str = "llm"  # "llm", "cascade", or a plugin policy (entry point or "package.module:Class")
     model: str = "base"  # "base" or a training stage's name
     skills: list[str] = []  # skills stages' names
     icd: str | None = None  # an icd stage's name
     n: int | None = Field(None, ge=1, le=64)  # samples per step (cascade default 3)
     temperature: float | None = Field(None, ge=0, le=2)  # cascade default 0.7
     threshold: float = Field(0.5, ge=0, le=1)
+
+    _known = field_validator("policy")(_known_policy)
+
+    @model_validator(mode="after")
+    def _plugin_arm(self) -> ArmSpec:
+        if self.policy in ("llm", "cascade"):
+            if self.options:
+                raise ValueError(f'options are for plugin policies: remove them from policy "{self.policy}"')
+            return self
+        if self.policy == "expert":
+            raise ValueError('policy "expert" is the teacher arm ("teacher"): use llm, cascade or a plugin policy')
+        used = [f for f in ("skills", "icd", "n", "temperature") if getattr(self, f)] + (
+            ["model"] if self.model != "base" else [])
+        if used:
+            raise ValueError(f"{', '.join(used)}: for llm and cascade arms; a plugin policy gets what it needs from "
+                             "options = { ... }")
+        _plugin_policy(self.policy, self.options)
+        return self
 
 
 class EvalSpec(_Strict):
@@ -310,7 +451,7 @@ class Recipe(_Strict):
         if self.teacher is None or self.student is None:
             raise ValueError("a pipeline recipe needs a [teacher] (its demonstrations are collected) and a "
                              "[student] (the model distilled into)")
-        if self.student.policy != "llm":
+        if self.student.policy != "llm":  # plugin policies: a [teacher], or an [[eval.arm]]
             raise ValueError('student.policy: the pipeline\'s base student is policy "llm"; cascades are eval arms '
                              '([[eval.arm]] with policy = "cascade")')
         if self.distill and self.collect is None:
@@ -322,9 +463,10 @@ class Recipe(_Strict):
                 raise ValueError(f"{where}.name: {d.name!r} is {'reserved' if d.name in RESERVED_ARMS else 'used twice'}: "
                                  "give each distill stage its own name")
             init = getattr(d, "init", "base")
-            if init != "base" and seen.get(init) not in CHECKPOINT_METHODS:
-                raise ValueError(f"{where}.init: {init!r} is not an earlier training stage (sft, opd, skill_sd, dagger, soda): "
-                                 "use \"base\" or the name of one listed above it")
+            if init != "base" and seen.get(init) != "checkpoint":
+                raise ValueError(f"{where}.init: {init!r} is not an earlier training stage (sft, opd, skill_sd, dagger, "
+                                 "soda, or a plugin producing a checkpoint): use \"base\" or the name of one listed "
+                                 "above it")
             skill = getattr(d, "skill", None) if d.method in ("opd", "skill_sd") else None
             if skill and "/" not in skill and not skill.endswith(".md") and seen.get(skill) != "skills":
                 raise ValueError(f"{where}.skill: {skill!r} is neither an earlier skills stage nor a SKILL.md path")
@@ -338,7 +480,7 @@ class Recipe(_Strict):
             if getattr(d, "dev_variations", 0) and self.env.split == "dev":
                 raise ValueError(f"{where}.dev_variations: the held-out [env] split is dev, which picks the kept "
                                  "checkpoint: evaluate on test, or set dev_variations = 0")
-            seen[d.name] = d.method
+            seen[d.name] = product(d)
         if self.eval is not None:
             arm_names = set(RESERVED_ARMS) | set(seen)
             for j, a in enumerate(self.eval.arm):
@@ -346,9 +488,10 @@ class Recipe(_Strict):
                 if a.name in arm_names:
                     raise ValueError(f"{where}.name: {a.name!r} is already an arm (base, teacher and every distill "
                                      "stage are arms): choose another name")
-                if a.model != "base" and seen.get(a.model) not in CHECKPOINT_METHODS:
+                if a.model != "base" and seen.get(a.model) != "checkpoint":
                     raise ValueError(f"{where}.model: {a.model!r} is not a training stage: use \"base\" or a distill "
-                                     "stage with method sft, opd, skill_sd, dagger or soda")
+                                     "stage with method sft, opd, skill_sd, dagger, soda or a plugin producing a "
+                                     "checkpoint")
                 for s in a.skills:
                     if seen.get(s) != "skills":
                         raise ValueError(f"{where}.skills: {s!r} is not a skills stage")
@@ -366,6 +509,9 @@ class Recipe(_Strict):
         from agentdistill.agents.labelling import check_labeller
         from agentdistill.envs.registry import env_class
 
+        if self.teacher.is_plugin and d.teacher is None:
+            raise ValueError(f"{where}.teacher: a plugin teacher ({self.teacher.policy}) cannot label states: name the "
+                             "teacher, e.g. teacher = \"expert\" or a model id")
         teacher = d.teacher or ("expert" if self.teacher.policy == "expert" else self.teacher.model)
         if teacher != "expert" and self.teacher.policy == "cascade" and d.teacher is None:
             raise ValueError(f"{where}.teacher: a cascade cannot label states: name the teacher, e.g. teacher = "
@@ -393,7 +539,8 @@ class Recipe(_Strict):
 
 def _one_line(err: ValidationError, source: str) -> str:
     e = err.errors()[0]
-    where = ".".join(str(p) for p in e["loc"])
+    # a plugin's distill stage: its table's own fields (distill.0.method), not the union member's tag
+    where = ".".join(str(p) for p in e["loc"] if p != PLUGIN_TAG)
     msg = e["msg"].removeprefix("Value error, ")
     if e["type"] == "extra_forbidden":
         msg = "unknown field: remove it or check its spelling"

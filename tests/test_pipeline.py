@@ -112,7 +112,7 @@ def test_bad_stage_tables_fail_in_one_line_and_write_nothing(tmp_path):
     cases = {
         'collect = { variations = 0 }': "collect.variations",
         '[[distill]]\nname = "sft"\nmethod = "sft"': "add a [collect] table",
-        '[collect]\n[[distill]]\nname = "x"\nmethod = "distil"': "does not match any of the expected tags",
+        '[collect]\n[[distill]]\nname = "x"\nmethod = "distil"': "distill.0.method: unknown distill method 'distil'",
         '[collect]\n[[distill]]\nname = "o"\nmethod = "opd"\ninit = "sft"': "distill.0.init",
         '[collect]\n[[distill]]\nname = "sft"\nmethod = "sft"\nepochs = -1': "distill.0.sft.epochs",
         '[collect]\n[eval]\narms = ["base", "nope"]': "unknown arm 'nope'",

@@ -266,3 +266,12 @@ class LLMPolicy(Policy):
             calls=calls,
             info=info,
         )
+
+
+def policy_class(name: str) -> type[Policy]:
+    """A plugin policy's class: an entry point in group `agentdistill.policies`, or "package.module:Class". It
+    subclasses Policy (`act(ctx) -> Decision`) and is made as `cls(**options)` from its recipe table's `options`."""
+    from agentdistill import plugins
+    from agentdistill.config import BUILTIN_POLICIES
+
+    return plugins.load(plugins.POLICIES, name, Policy, choices=BUILTIN_POLICIES)

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 
 def build_policy(spec: PolicySpec, store: Store | None = None, env_name: str = "scienceworld") -> Policy:
+    if spec.is_plugin:
+        return plugin_policy(spec.policy, spec.options)
     if spec.policy == "expert":
         return ExpertPolicy(spec.price.per_action if spec.price else 0.0)
     if spec.policy == "cascade":
@@ -61,6 +63,26 @@ def build_policy(spec: PolicySpec, store: Store | None = None, env_name: str = "
         skills=skills,
         skill_mode=spec.skill_mode,
     )
+
+
+def plugin_policy(name: str, options: dict) -> Policy:
+    """A plugin policy made from its recipe table (`Class(**options)`), resolved by name as in every process
+    (driver, Ray actor, resumed run); episodes record its `id`, which defaults to the name it was given by."""
+    from agentdistill.agents.policies import policy_class
+    from agentdistill.plugins import first_line
+
+    cls = policy_class(name)
+    try:
+        policy = cls(**options)
+    except AgentDistillError:
+        raise
+    except Exception as e:  # its constructor's failure, in one line (a bad option value, a missing file, ...)
+        log.debug("making policy %s", name, exc_info=True)
+        raise AgentDistillError(redact(f"policy {name!r} failed to start ({first_line(e)}): check its options "
+                                       "(--verbose shows where)")) from None
+    if not getattr(policy, "id", None):
+        policy.id = name
+    return policy
 
 
 def resolve_skills(refs: list[str], store: Store | None):

@@ -76,9 +76,16 @@ def java(min_major: int) -> Requirement:
 
 
 class Env(ABC):
-    """One environment instance: one episode at a time. The runner pools instances for concurrency."""
+    """One environment instance: one episode at a time. The runner pools instances for concurrency.
 
-    name: ClassVar[str]
+    A plugin env (an entry point in group `agentdistill.envs`, or "package.module:Class" in a recipe) subclasses
+    this and implements `tasks`, `reset` and `step`; the rest has defaults. Its constructor takes the recipe's
+    `[env] options` as keyword arguments."""
+
+    # the name the env was made by (`make` sets it on each instance: a registry or entry-point name, or
+    # "package.module:Class"); tasks carry it (`Task(self.name, ...)`) so stored episodes name an env that any
+    # later process resolves again
+    name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     action_help: ClassVar[str] = ""  # shown to LLM policies: the action syntax of this env
     fallback_action: ClassVar[str] = "look"  # sent when a model's output holds no action at all
@@ -92,20 +99,27 @@ class Env(ABC):
     )
 
     @classmethod
-    @abstractmethod
     def requirements(cls, **options: Any) -> list[Requirement]:
-        """What this env needs, given the options it would be made with (e.g. a data directory)."""
+        """What this env needs, given the options it would be made with (e.g. a data directory); `envs check`
+        prints them and `make` refuses to start an env with one missing. Default: nothing."""
+        return []
 
     @abstractmethod
-    def tasks(self, split: str) -> list[Task]: ...
+    def tasks(self, split: str, names: list[str] | None = None) -> list[Task]:
+        """The tasks of `split` ("train", "dev", "test", ...), every variation of each; `names`: only these
+        task names (None: all). An unknown split or task name raises AgentDistillError naming the choices."""
 
     @abstractmethod
-    def reset(self, task: Task, seed: int = 0) -> Observation: ...
+    def reset(self, task: Task, seed: int = 0) -> Observation:
+        """Start `task` (one of `tasks()`); the same task and seed must replay the same episode (resume
+        replays stored steps to continue an interrupted one)."""
 
     @abstractmethod
-    def step(self, action: str) -> StepResult: ...
+    def step(self, action: str) -> StepResult:
+        """Apply one action; `info` carries `score` and `won` (the episode's outcome when `done`)."""
 
     def admissible_actions(self) -> list[str] | None:
+        """The actions valid now (LLM policies snap their output to one), or None if the env has no list."""
         return None
 
     def expert_action(self) -> str | None:

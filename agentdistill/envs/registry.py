@@ -1,11 +1,12 @@
-"""Env registry keyed by string ids, like `gym.make`."""
+"""Env registry keyed by string ids, like `gym.make`: the built-in adapters, plus plugins named by entry point
+(group `agentdistill.envs`) or as "package.module:Class" (see agentdistill/plugins.py)."""
 
 from __future__ import annotations
 
-import importlib
 from dataclasses import dataclass
 from typing import Any
 
+from agentdistill import plugins
 from agentdistill.envs.base import Env, Requirement
 from agentdistill.errors import ConfigError, EnvNotReady
 
@@ -22,18 +23,24 @@ _REGISTRY: dict[str, str] = {
 
 
 def register(name: str, target: str) -> None:
+    """Add an env for this process only; an entry point also reaches Ray actors and later processes."""
     _REGISTRY[name] = target
 
 
 def names() -> list[str]:
-    return sorted(_REGISTRY)
+    """Built-in envs, then installed plugins' entry points."""
+    return plugins.names(plugins.ENVS, _REGISTRY)
 
 
 def env_class(name: str) -> type[Env]:
+    return plugins.load(plugins.ENVS, name, Env, _REGISTRY)
+
+
+def check_name(name: str) -> None:
+    """One line if `name` resolves to no env; a plugin is imported to check it, a built-in is not (its module
+    imports its optional packages)."""
     if name not in _REGISTRY:
-        raise ConfigError(f"unknown environment {name!r}: choose one of {', '.join(names())}")
-    module, cls = _REGISTRY[name].split(":")
-    return getattr(importlib.import_module(module), cls)
+        env_class(name)
 
 
 @dataclass
@@ -60,6 +67,10 @@ def make(name: str, **options: Any) -> Env:
     if not status.ready:
         raise EnvNotReady(f"environment {name!r} is not ready: {status.missing()}")
     try:
-        return env_class(name)(**options)
+        env = env_class(name)(**options)
     except TypeError as e:
         raise ConfigError(f"bad option for environment {name!r}: {e}") from e
+    # tasks carry the env's name (Task(self.name, ...)) into the store, where later steps (training data, another
+    # process, a resumed run) resolve it again: it must be the name this env was made by
+    env.name = name
+    return env

@@ -10,17 +10,23 @@ store and recording what it produced (checkpoint, skill version, demo index, dat
 | soda      | train/soda.py (TRL DPOTrainer)    | checkpoint (+ its preference data)|
 | skills    | skills/trace2skill.py, spark.py   | a skill pack version              |
 | icd       | distill/icd.py                    | a demo index                      |
+| a plugin  | distill/base.py's Distiller       | a checkpoint, skill pack or policy|
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
-from agentdistill.config import (DAggerStage, ICDStage, OPDStage, Recipe, SFTStage, SkillSDStage, SkillsStage,
-                                 SODAStage)
+from pydantic import ValidationError
+
+from agentdistill.config import (DAggerStage, ICDStage, OPDStage, PluginStage, Recipe, SFTStage, SkillSDStage,
+                                 SkillsStage, SODAStage)
 from agentdistill.errors import AgentDistillError
 from agentdistill.pipeline.run import StageContext, StageDef
+
+log = logging.getLogger(__name__)
 
 
 def stage(recipe: Recipe, d) -> StageDef:
@@ -37,13 +43,14 @@ def stage(recipe: Recipe, d) -> StageDef:
               "student": student.model_dump(mode="json", include={"model", "history", "max_tokens"}),
               "max_steps": student.max_steps or recipe.runner.max_steps}
     run = {"sft": sft, "opd": opd, "skill_sd": opd, "dagger": dagger, "soda": soda, "skills": skills,
-           "icd": icd}[d.method]
+           "icd": icd}.get(d.method, plugin)
     return StageDef(f"distill.{d.name}", "distill", config, deps, lambda ctx: run(ctx, d),
                     still_there=_artifacts_exist, summary=_summary)
 
 
 def _artifacts_exist(outputs: dict[str, Any]) -> bool:
-    return all(Path(outputs[k]).exists() for k in ("path", "index") if outputs.get(k))
+    paths = [outputs[k] for k in ("path", "index") if outputs.get(k)] + list(outputs.get("paths") or [])
+    return all(Path(p).exists() for p in paths)
 
 
 def _summary(o: dict[str, Any]) -> str:
@@ -53,6 +60,8 @@ def _summary(o: dict[str, Any]) -> str:
         return f"skill {o['skill']} v{o['version']}"
     if "index" in o:
         return f"demo index {o['index']} ({o.get('entries', '?')} teacher steps)"
+    if "policy" in o:
+        return f"policy {o['policy'].get('policy')}"
     return ""
 
 
@@ -312,3 +321,62 @@ def icd(ctx: StageContext, d: ICDStage) -> dict[str, Any]:
                             split=c.split, method=d.retrieval)
     return {"index": str(index.path), "runs": collected["runs"], "entries": len(index.entries),
             "retrieval": index.meta["method"]}
+
+
+# ---- plugins --------------------------------------------------------------------------------------
+def plugin(ctx: StageContext, d: PluginStage) -> dict[str, Any]:
+    """A plugin's Distiller (distill/base.py): made with the stage's options, given the collected episodes, its
+    product recorded in the outputs the built-in methods use (so eval arms and later stages read it alike)."""
+    from agentdistill.config import PolicySpec
+    from agentdistill.distill.base import DistillContext, Distilled
+    from agentdistill.plugins import first_line
+
+    collected = _collected(ctx)
+    cls = d.distiller()
+    workdir = ctx.artifact("plugins", d.name)
+    workdir.mkdir(parents=True)
+    dctx = DistillContext(ctx.store, ctx.recipe, d.name, list(collected["episode_ids"]), base_model(ctx, d.init),
+                          workdir, ctx.say)
+    ctx.say(f"  {d.method}: a plugin distiller producing a {cls.produces}")
+    try:
+        result = cls(**d.options).distill(dctx)
+    except AgentDistillError:
+        raise
+    except Exception as e:  # the plugin's own failure: one line for the user, its traceback in the debug log
+        log.debug("distill stage %s (%s)", d.name, d.method, exc_info=True)
+        raise AgentDistillError(f"distill.{d.name}: the plugin distiller {d.method!r} failed ({first_line(e)}): "
+                                "fix it and run again, or --resume (--verbose shows where)") from None
+    if not isinstance(result, Distilled):
+        raise AgentDistillError(f"distill.{d.name}: {d.method}.distill returned {type(result).__name__}, not a "
+                                "Distilled (agentdistill.distill.base)")
+    where = f"distill.{d.name}: {d.method} produces a {cls.produces} but"
+    out: dict[str, Any] = {"paths": [str(p) for p in result.paths], "metrics": result.metrics}
+    if cls.produces == "checkpoint":
+        if not result.model:
+            raise AgentDistillError(f"{where} returned no model: set Distilled(model=\"local/<dir>\")")
+        out["model"] = result.model
+        if result.model.startswith("local/"):  # weights on disk: a checkpoint row, and reuse while they exist
+            from agentdistill.train.model import base_checkpoint, record_checkpoint
+
+            path = base_checkpoint(result.model)
+            checkpoint_id = result.checkpoint_id
+            if checkpoint_id is None:
+                checkpoint_id = record_checkpoint(ctx.store, path, dctx.start_model, d.method, metrics=result.metrics)
+            out.update(checkpoint_id=checkpoint_id, path=str(path))
+    elif cls.produces == "skill":
+        if result.skill is None:
+            raise AgentDistillError(f"{where} returned no skill: set Distilled(skill=SkillPack.new(...))")
+        from agentdistill.skills import library
+
+        version = library.save(ctx.store, result.skill, distiller=d.method, metrics=result.metrics)
+        out.update(skill=version.name, version=version.version, skill_version_id=version.id)
+    else:
+        if not result.policy:
+            raise AgentDistillError(f"{where} returned no policy: set Distilled(policy={{\"policy\": ..., "
+                                    "\"options\": {...}})")
+        try:
+            spec = PolicySpec.model_validate(result.policy)
+        except ValidationError as e:
+            raise AgentDistillError(f"{where} its policy is not a valid policy table: {e.errors()[0]['msg']}") from None
+        out["policy"] = spec.model_dump(mode="json", exclude_defaults=True) | {"policy": spec.policy}
+    return out

@@ -2,7 +2,8 @@
 
 An arm is a policy built from the base student and what distill stages produced: `base`; `teacher`
 (the ceiling); a training stage's checkpoint; the base student with a skills stage's pack or an icd
-stage's demos; or an [[eval.arm]] combining them, e.g. a cascade whose student is the SFT checkpoint.
+stage's demos; a plugin distiller's policy; or an [[eval.arm]] combining them, e.g. a cascade whose student is
+the SFT checkpoint, or playing a plugin policy.
 Each arm is an ordinary, resumable rollout run (kind "eval") whose recipe is stored with it.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from agentdistill.agents.rollout import resume_run, run_recipe
-from agentdistill.config import CHECKPOINT_METHODS, PLACEMENT, ArmSpec, Recipe, parse_recipe
+from agentdistill.config import PLACEMENT, ArmSpec, Recipe, parse_recipe, product
 from agentdistill.pipeline.run import StageContext, StageDef
 
 CASCADE_SAMPLES, CASCADE_TEMPERATURE = 3, 0.7
@@ -25,9 +26,10 @@ def arm_definition(recipe: Recipe, arm: str) -> ArmSpec | None:
         return ArmSpec(name="base")
     for d in recipe.distill:
         if d.name == arm:
-            if d.method in CHECKPOINT_METHODS:
+            kind = product(d)
+            if kind in ("checkpoint", "policy"):  # the stage's model, or the policy a plugin distilled
                 return ArmSpec(name=arm, model=arm)
-            return ArmSpec(name=arm, skills=[arm]) if d.method == "skills" else ArmSpec(name=arm, icd=arm)
+            return ArmSpec(name=arm, skills=[arm]) if kind == "skills" else ArmSpec(name=arm, icd=arm)
     return next(a for a in recipe.eval.arm if a.name == arm)
 
 
@@ -65,9 +67,16 @@ def arm_policy(ctx: StageContext, definition: ArmSpec | None) -> tuple[str, dict
     teacher = recipe.teacher.model_dump(mode="json", exclude_none=True)
     if definition is None:
         return "teacher", teacher
+    # a plugin policy plays under the student's step limit, as every other student arm
+    limit = {"max_steps": recipe.student.max_steps} if recipe.student.max_steps else {}
+    if definition.policy not in ("llm", "cascade"):  # an [[eval.arm]] playing a plugin policy
+        return "student", {"policy": definition.policy, "options": definition.options, **limit}
     spec = recipe.student.model_dump(mode="json", exclude_none=True)
     if definition.model != "base":
-        spec["model"] = ctx.outputs[f"distill.{definition.model}"]["model"]
+        out = ctx.outputs[f"distill.{definition.model}"]
+        if "policy" in out:  # a plugin distiller's product: the arm plays that policy
+            return "student", {**out["policy"], **limit}
+        spec["model"] = out["model"]
     if definition.skills:
         from agentdistill.pipeline.distill import SkillsStage
 
