@@ -24,7 +24,7 @@ DEFAULT_DB = "agentdistill.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
 # The newest migration's revision: opening a store compares it with the database's, without importing Alembic
 # (a tenth of a second in every process, each Ray env actor included). A test checks it against the scripts.
-HEAD_REVISION = "0005"
+HEAD_REVISION = "0006"
 
 
 def resolve_url(db: str | None) -> str:

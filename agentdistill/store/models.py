@@ -64,6 +64,8 @@ class Episode(Base):
         # errored episode is retried as the next attempt of the same plan index (every attempt is kept)
         UniqueConstraint("run_id", "plan_index", "attempt", name="uq_episode_attempt"),
         Index("ix_episodes_run_role", "run_id", "role"),
+        # a recorded or imported session once per source (migration 0006)
+        Index("uq_episode_source_external", "source", "external_id", unique=True),
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"))
@@ -87,6 +89,13 @@ class Episode(Base):
     wall_time: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # e.g. SPARK's PDI for this attempt
+    # episodes agentdistill did not play itself (migration 0006): None for its own rollouts, else "gateway",
+    # "import:claude-code", "import:codex", "import:atif", "import:openai-chat", "import:inspect"
+    source: Mapped[str | None] = mapped_column(String(64))
+    external_id: Mapped[str | None] = mapped_column(String(200))  # the session's id at its source
+    tags: Mapped[list[str] | None] = mapped_column(JSON)  # an outcome attached later, with success/reward/score
+    feedback: Mapped[str | None] = mapped_column(Text)
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON)  # file, line, sha256; or the gateway route
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     run: Mapped[Run] = relationship(back_populates="episodes")
