@@ -379,3 +379,26 @@ def test_a_server_with_no_free_connection_is_one_line_naming_max_connections():
         with pytest.raises(AgentDistillError) as e:
             Store.open(app_url)
         assert "permission denied for table alembic_version" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_path_with_percent_and_parentheses_opens_and_migrates(tmp_path):
+    """Alembic's config is a ConfigParser: a '%' in the database path once read as interpolation."""
+    odd = tmp_path / "runs (100%) here"
+    odd.mkdir()
+    store = Store.open(str(odd / "s.db"))
+    assert store.create_run("r", {}) and (odd / "s.db").exists()
+    store.close()
+
+
+def test_a_whole_assistant_message_as_output_has_its_tool_arguments_redacted(monkeypatch):
+    """A model call's output may be the assistant message itself (tool calls from a gateway session or an
+    import): secrets in its tool arguments are redacted like those in text outputs."""
+    from agentdistill.store.store import call_row
+
+    key = "sk-test-0123456789abcdefghij"
+    monkeypatch.setenv("SOME_API_KEY", key)
+    message = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "c1", "type": "function", "function": {"name": "curl", "arguments": f'{{"header": "Bearer {key}"}}'}}]}
+    row = call_row(1, {"model": "m", "messages": [{"role": "user", "content": f"key {key}"}], "outputs": [message, key]})
+    assert key not in json.dumps(row)
+    assert row["outputs"][0]["tool_calls"][0]["function"]["name"] == "curl"

@@ -132,7 +132,8 @@ def call_row(step_id: int, call: dict[str, Any]) -> dict[str, Any]:
     secrets = secret_values()
     messages = [{**m, "content": _cut(m.get("content"), f"messages[{i}]", truncated)} if isinstance(m, dict) else m
                 for i, m in enumerate(scrub(call.get("messages") or [], secrets))]  # scrubbed: only cut here
-    outputs = [bounded(o, f"outputs[{i}]", truncated, secrets) if isinstance(o, str) else o
+    # an output is the reply's text, or a whole assistant message (tool calls and their arguments: scrubbed too)
+    outputs = [bounded(o, f"outputs[{i}]", truncated, secrets) if isinstance(o, str) else scrub(o, secrets)
                for i, o in enumerate(call.get("outputs") or [])]
     params = scrub(call.get("params") or {}, secrets)
     if truncated:
