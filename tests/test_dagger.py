@@ -12,11 +12,11 @@ from .conftest import run_cli  # noqa: E402
 EASY = {"name": "textworld", "split": "test", "tasks": ["easy"], "variations": 2}
 
 
-def _recipe(dagger: dict, collect: int = 16) -> dict:
+def _recipe(dagger: dict, collect: int = 8) -> dict:
     return {"name": "dagger-test", "env": EASY, "teacher": {"policy": "expert", "price": {"per_action": 0.003}},
             "student": {"model": "local/smollm2-135m", "max_tokens": 24, "history": 2},
             "runner": {"concurrency": 2, "max_steps": 5}, "collect": {"variations": collect},
-            "distill": [{"name": "sft", "method": "sft", "epochs": 2, "learning_rate": 1e-3, "dev_variations": 0},
+            "distill": [{"name": "sft", "method": "sft", "epochs": 1, "learning_rate": 1e-3, "dev_variations": 0},
                         {"name": "dagger", "method": "dagger", "init": "sft", **dagger}]}
 
 
@@ -31,7 +31,7 @@ def expert_round(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dagger")
     store = Store.open(str(tmp / "s.db"))
     recipe = parse_recipe({**_recipe({"rounds": 2, "episodes_per_round": 4, "beta": 1.0, "beta_decay": 0.0,
-                                      "epochs": 1, "dev_variations": 3}), "workdir": str(tmp / "work")})
+                                      "epochs": 1, "dev_variations": 2}), "workdir": str(tmp / "work")})
     run_id = run_pipeline(store, recipe, progress=False, say=lambda s: None)
     outputs = {st.name: st.outputs for st in store.stages(run_id)}
     return store, outputs

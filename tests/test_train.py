@@ -191,7 +191,8 @@ def test_opd_b2f_replays_the_expert_prefix_and_logs_per_turn_kl(train_store, tmp
     from agentdistill.train.opd import OPDSpec, train_opd
 
     spec = OPDSpec(context="demo", tasks=[TASK], variations=1, iterations=2, episodes_per_iteration=1, max_steps=3,
-                   max_tokens=24, history=2, curriculum=Curriculum("b2f", k_start=1, eta=1, k_max=2))
+                   max_tokens=24, history=2, curriculum=Curriculum("b2f", k_start=1, eta=1, k_max=2),
+                   teacher_check_states=0)  # the check has its own test (test_opd.py)
     result = train_opd(train_store, spec, tmp_path / "opd", Hardware.pick("cpu"))
     assert [it["k"] for it in result.iterations] == [1, 2]
     eps = train_store.episodes(run_id=result.run_id, with_steps=True)
@@ -219,19 +220,22 @@ def test_opd_f2b_limits_student_turns_and_skill_sd_trains(train_store, tmp_path)
     from agentdistill.train.opd import OPDSpec, train_opd
 
     f2b = OPDSpec(context="demo", tasks=[TASK], variations=1, iterations=2, episodes_per_iteration=1, max_steps=4,
-                  max_tokens=24, history=2, curriculum=Curriculum("f2b", k_start=1, eta=1))
+                  max_tokens=24, history=2, curriculum=Curriculum("f2b", k_start=1, eta=1),
+                  teacher_check_states=0)  # the check has its own test (test_opd.py)
     result = train_opd(train_store, f2b, tmp_path / "f2b", Hardware.pick("cpu"))
     for ep, k in zip(train_store.episodes(run_id=result.run_id), [1, 2]):
         assert ep.n_steps <= k
 
     # a separate frozen teacher (the f2b checkpoint: same tokenizer), no privileged context
     teacher = OPDSpec(teacher=f"local/{tmp_path / 'f2b'}", tasks=[TASK], variations=1, iterations=1,
-                      episodes_per_iteration=1, max_steps=2, max_tokens=24, history=1, divergence="jsd")
+                      episodes_per_iteration=1, max_steps=2, max_tokens=24, history=1, divergence="jsd",
+                      teacher_check_states=0)
     result = train_opd(train_store, teacher, tmp_path / "t", Hardware.pick("cpu"))
     assert result.iterations[0]["tokens"] > 0 and result.iterations[0]["divergence"] > 0
 
     sd = OPDSpec(method="skill-sd", context="skill", tasks=[TASK], variations=1, iterations=1,
-                 episodes_per_iteration=2, max_steps=2, max_tokens=24, history=1, grpo_weight=0.5)
+                 episodes_per_iteration=2, max_steps=2, max_tokens=24, history=1, grpo_weight=0.5,
+                 teacher_check_states=0)
     result = train_opd(train_store, sd, tmp_path / "sd", Hardware.pick("cpu"))
     it = result.iterations[0]
     assert it["tokens"] > 0 and it["divergence"] >= 0 and math.isfinite(it["loss"])
