@@ -257,6 +257,55 @@ def collect(
     _print_summary(store, run_recipe(store, recipe, env=env))
 
 
+@app.command("import")
+def import_cmd(
+    paths: Annotated[list[Path], typer.Argument(help="Trace files, or directories to search for them (.jsonl, .json, .eval).")],
+    format: Annotated[str, typer.Option("--format", help="auto (per file), claude-code, codex, atif, openai-chat or inspect.")] = "auto",
+    tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Tag each imported episode (repeatable).")] = None,
+    role: Annotated[str, typer.Option(help="Whose behaviour the sessions show: teacher or student.")] = "teacher",
+    db: DbOpt = None,
+) -> None:
+    """Import sessions of real agent tools (Claude Code, Codex, ATIF, OpenAI chat JSONL, Inspect logs) as episodes.
+
+    Each file is imported whole or not at all; importing it again adds nothing.
+    Example: agentdistill import ~/.claude/projects ~/.codex/sessions --tag mine
+    """
+    from agentdistill.importers import import_files
+
+    result = import_files(_store(db), paths, format, tag, role, on_file=_print_import)
+    totals = {k: sum(getattr(f, k) for f in result.files) for k in ("added", "replaced", "unchanged", "steps", "n_bad")}
+    failed = len(result.failed)
+    console.print(f"{'run ' + result.run_id if result.run_id else 'nothing new'}: {_n(totals['added'], 'session')} "
+                  f"added ({_n(totals['steps'], 'step')}), {totals['replaced']} replaced, {totals['unchanged']} "
+                  f"unchanged; {_n(totals['n_bad'], 'bad line')}; {failed} of {_n(len(result.files), 'file')} failed",
+                  highlight=False, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
+
+
+def _n(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _print_import(report) -> None:
+    """One line per file, then its bad lines as FILE:LINE (the first few; the rest counted)."""
+    name = escape(str(report.path))
+    if report.error:
+        where = f":{report.error_where}" if report.error_where is not None else ""
+        err_console.print(f"[red]failed:[/red] {name}{escape(where)}: {escape(report.error)} (nothing of it written)",
+                          highlight=False, soft_wrap=True)
+    elif report.note:
+        console.print(f"{name}: {escape(report.note)}", highlight=False, soft_wrap=True)
+    else:
+        changed = f", {report.replaced} replaced" if report.replaced else ""
+        console.print(f"{name} ({report.format}): {_n(report.added, 'session')} added ({_n(report.steps, 'step')})"
+                      f"{changed}, {report.unchanged} unchanged", highlight=False, soft_wrap=True)
+    for bad in report.bad_lines[:5]:
+        err_console.print(f"  {name}:{escape(str(bad.where))}: {escape(bad.reason)}", highlight=False, soft_wrap=True)
+    if report.n_bad > 5:
+        err_console.print(f"  ... and {report.n_bad - 5} more bad lines in {name}", highlight=False)
+
+
 @runs_app.command("list")
 def runs_list(db: DbOpt = None, limit: Annotated[int, typer.Option(help="How many runs.")] = 20) -> None:
     """List runs, newest first.  Example: agentdistill runs list --limit 5"""
@@ -314,17 +363,17 @@ def db_stats(db: DbOpt = None) -> None:
 @db_app.command("export")
 def db_export(
     out: Annotated[Path, typer.Argument(help="Output: a .jsonl file, or a directory for --format hf or parquet.")],
-    format: Annotated[str, typer.Option("--format", help="jsonl, hf (Hugging Face datasets save_to_disk) or parquet (runs, episodes, steps, model_calls tables).")] = "jsonl",
+    format: Annotated[str, typer.Option("--format", help="jsonl (the store's episode rows), chat (TRL-ready: one conversation per line, messages with tool_calls), hf (Hugging Face datasets save_to_disk) or parquet (runs, episodes, steps, model_calls tables).")] = "jsonl",
     run_id: Annotated[Optional[str], typer.Option("--run", help="Only this run.")] = None,
     role: Annotated[Optional[str], typer.Option(help="Only teacher or student episodes.")] = None,
     status: Annotated[str, typer.Option(help="Episode status to export (done, error, any).")] = "done",
     db: DbOpt = None,
 ) -> None:
-    """Export episodes with their steps.  Example: agentdistill db export teacher.jsonl --role teacher"""
-    from agentdistill.store.export import export_hf, export_jsonl
+    """Export episodes with their steps.  Example: agentdistill db export teacher.jsonl --role teacher --format chat"""
+    from agentdistill.store.export import export_chat, export_hf, export_jsonl
 
-    if format not in ("jsonl", "hf", "parquet"):
-        raise AgentDistillError(f"--format {format!r}: use jsonl, hf or parquet")
+    if format not in ("jsonl", "chat", "hf", "parquet"):
+        raise AgentDistillError(f"--format {format!r}: use jsonl, chat, hf or parquet")
     store = _store(db, create=False)
     run_id = store.get_run(run_id).id if run_id else None
     if format == "parquet":
@@ -333,6 +382,10 @@ def db_export(
         counts = to_parquet(store, out, run_id=run_id, role=role, status=None if status == "any" else status)
         console.print(f"exported {counts['episodes']} episodes ({counts['steps']} steps, {counts['model_calls']} model "
                       f"calls, {counts['runs']} runs) to {out}/", highlight=False)
+        return
+    if format == "chat":
+        n = export_chat(store, out, run_id=run_id, role=role, status=None if status == "any" else status)
+        console.print(f"exported {n} conversations to {out}")
         return
     fn = export_jsonl if format == "jsonl" else export_hf
     n = fn(store, out, run_id=run_id, role=role, status=None if status == "any" else status)
@@ -535,8 +588,10 @@ def report_efficacy(
 
 @app.command()
 def serve(
-    student: Annotated[str, typer.Option(help="Student model id, e.g. local/smollm2-135m.")],
-    teacher: Annotated[str, typer.Option(help="Teacher model id, e.g. openai/gpt-4.1-mini.")],
+    upstream: Annotated[Optional[str], typer.Option(help="Model answering every call, each recorded as a step of a session: any litellm id (openai/gpt-4.1-mini, anthropic/claude-sonnet-4-5, openai/<name> with --upstream-api-base) or local/..., llamacpp/...")] = None,
+    upstream_api_base: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server of the upstream.")] = None,
+    student: Annotated[Optional[str], typer.Option(help="Student model id, e.g. local/smollm2-135m: with --teacher, the cascade; alone, the student answers.")] = None,
+    teacher: Annotated[Optional[str], typer.Option(help="Teacher model id of the cascade, e.g. openai/gpt-4.1-mini.")] = None,
     index: Annotated[Optional[Path], typer.Option(help="ICD index directory (see `icd build`); none: no demos.")] = None,
     student_api_base: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server of the student.")] = None,
     teacher_api_base: Annotated[Optional[str], typer.Option(help="OpenAI-compatible server of the teacher.")] = None,
@@ -544,20 +599,23 @@ def serve(
     threshold: Annotated[float, typer.Option(help="The student answers if its agreement exceeds this.")] = 0.5,
     temperature: Annotated[float, typer.Option(help="Student sampling temperature.")] = 0.7,
     demos: Annotated[int, typer.Option(help="Demos retrieved per request.")] = 3,
+    db: DbOpt = None,
+    record: Annotated[bool, typer.Option("--record/--no-record", help="Record every call in the store (--db).")] = True,
+    role: Annotated[Optional[str], typer.Option(help="Role of the recorded sessions, teacher or student (default: teacher with --upstream, else student).")] = None,
+    spool: Annotated[Optional[Path], typer.Option(help="Where records wait while the store cannot take them (default: under the cache, one per store).")] = None,
+    retries: Annotated[int, typer.Option(help="Retries of a transient upstream failure (429, 5xx, timeout); a refused key or unknown model is never retried.")] = 2,
     host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8000,
     api_key: Annotated[Optional[list[str]], typer.Option("--api-key", help="Accept requests bearing this key (repeatable; or AGENTDISTILL_SERVE_API_KEY, comma-separated).")] = None,
     insecure_no_auth: Annotated[bool, typer.Option("--insecure-no-auth", help="Bind beyond localhost without keys (anyone who reaches it spends the teacher's budget).")] = False,
 ) -> None:
-    """Serve an OpenAI-compatible /v1/chat/completions answered by the cascade.
+    """A recording gateway: OpenAI's /v1/chat/completions and Anthropic's /v1/messages (streaming, tools), answered
+    by --upstream or the cascade (--student, --teacher); every call is recorded in the store as a step of a session.
 
-    Example: agentdistill serve --student local/smollm2-135m --teacher openai/gpt-4.1-mini --index .agentdistill/icd/scienceworld
+    Example: agentdistill serve --upstream anthropic/claude-sonnet-4-5 --db sessions.db
+    (then: ANTHROPIC_BASE_URL=http://127.0.0.1:8000/sessions/my-task claude -p "...")
     """
     import uvicorn
-
-    from agentdistill.distill.icd import DemoIndex
-    from agentdistill.models import make_model
-    from agentdistill.serve import CascadeService, create_app
 
     if not 0 <= threshold <= 1:
         raise AgentDistillError(f"--threshold {threshold}: use a share between 0 and 1")
@@ -568,20 +626,39 @@ def serve(
     if not keys and not _loopback(host) and not insecure_no_auth:
         raise AgentDistillError(f"--host {host} is reachable beyond this machine: give --api-key (or "
                                 "AGENTDISTILL_SERVE_API_KEY), or --insecure-no-auth if it must be open")
+    if upstream and (student or teacher):
+        raise AgentDistillError("give --upstream (forward every call to it), or --student with --teacher (the cascade), "
+                                "not both")
+    if not upstream and not student:
+        raise AgentDistillError("give --upstream MODEL (forward every call to it and record it), or --student MODEL "
+                                "[--teacher MODEL] (the cascade, or the student alone)")
+    if role not in (None, "teacher", "student"):
+        raise AgentDistillError(f"--role {role}: use teacher or student")
+    if retries < 0:
+        raise AgentDistillError(f"--retries {retries}: use 0 or more")
     from agentdistill.models.registry import IN_PROCESS
 
-    for name, model_id, base in (("student", student, student_api_base), ("teacher", teacher, teacher_api_base)):
-        if base and model_id.startswith(IN_PROCESS):
+    for name, model_id, base in (("student", student, student_api_base), ("teacher", teacher, teacher_api_base),
+                                 ("upstream", upstream, upstream_api_base)):
+        if model_id and base and model_id.startswith(IN_PROCESS):
             raise AgentDistillError(f"--{name}-api-base: {model_id} runs in this process; drop the option or "
                                     "name the server's model as openai/<name>")
-    opts = lambda base: {"api_base": base} if base else {}  # noqa: E731
-    service = CascadeService(
-        make_model(student, **opts(student_api_base)), make_model(teacher, **opts(teacher_api_base)),
-        DemoIndex.load(index) if index else None, k_demos=demos, samples=samples, threshold=threshold, temperature=temperature,
-    )
-    console.print(f"cascade {student} -> {teacher} on http://{host}:{port}/v1 (model name: agentdistill-cascade; "
-                  f"{'API key required' if keys else 'no API key'})")
-    uvicorn.run(create_app(service, api_keys=keys), host=host, port=port, log_level="warning")
+    from agentdistill.gateway import Upstream, cascade_upstream, create_gateway_app, open_gateway
+
+    if teacher:
+        answerer = cascade_upstream(student, teacher, student_api_base=student_api_base,
+                                    teacher_api_base=teacher_api_base, index=index, demos=demos, samples=samples,
+                                    threshold=threshold, temperature=temperature, retries=retries)
+    else:
+        answerer = Upstream(upstream or student, api_base=upstream_api_base or student_api_base, retries=retries)
+    store = _store(db) if record else None
+    gateway = open_gateway(answerer, store, role=role or ("teacher" if upstream else "student"), spool=spool)
+    where = (f"recording to {escape(store.engine.url.render_as_string(hide_password=True))} as run "
+             f"{gateway.recorder.run_id}" if gateway.recorder else "recording nothing")
+    console.print(f"gateway on http://{host}:{port} (OpenAI: /v1/chat/completions, Anthropic: /v1/messages; "
+                  f"/sessions/<id>/v1/... names a session), answered by {escape(answerer.id)}, {where}; "
+                  f"{'API key required' if keys else 'no API key'}", highlight=False)
+    uvicorn.run(create_gateway_app(gateway, api_keys=keys), host=host, port=port, log_level="warning")
 
 
 @app.command()

@@ -1,4 +1,6 @@
-"""`agentdistill serve`: an OpenAI-compatible /v1/chat/completions endpoint answered by a cascade.
+"""The cascade as an OpenAI-compatible /v1/chat/completions endpoint. `agentdistill serve --student --teacher` runs
+it inside the recording gateway (agentdistill/gateway: both APIs, streaming, every call recorded), through
+gateway.upstream.CascadeAnswerer; `create_app` here is the bare cascade app, recording nothing.
 
 Each request: retrieve teacher demos for the conversation (goal = first user message, situation =
 last user message, recent actions = assistant turns), let the student sample k answers with the
@@ -109,7 +111,10 @@ MAX_REQUEST_BYTES = 1 << 20  # a chat of agent turns is kilobytes; bound what a 
 class _Guard:
     """ASGI middleware in front of every route: the API key first (401, before anything is read or any
     model asked), then the body bounded (413) whether it comes with a Content-Length or chunked. The
-    body is read here, at most max_request_bytes + one chunk, and replayed to the app."""
+    body is read here, at most max_request_bytes + one chunk, and replayed to the app. The key comes as
+    OpenAI clients send it (`Authorization: Bearer <key>`) or as Anthropic's do (`x-api-key: <key>`); errors
+    come in the shape of the API the path belongs to. A HEAD request (Claude Code's reachability probe of its
+    base URL, sent without a key) is answered 200 with nothing in it."""
 
     def __init__(self, app, keys: list[bytes], max_request_bytes: int):
         self.app, self.keys, self.limit = app, keys, max_request_bytes
@@ -117,21 +122,25 @@ class _Guard:
     async def __call__(self, scope, receive, send):
         import hmac
 
-        from starlette.responses import JSONResponse
+        from starlette.responses import Response
+
+        from agentdistill.gateway.errors import api_of, error_response
 
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        if scope["method"] == "HEAD":
+            return await Response(status_code=200)(scope, receive, send)
+        api = api_of(scope.get("path", ""))
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         if self.keys:
             auth = headers.get("authorization", "")
-            given = auth[7:].strip().encode() if auth.lower().startswith("bearer ") else b""
-            if not any(hmac.compare_digest(given, k) for k in self.keys):
-                return await JSONResponse(
-                    {"error": {"message": "missing or wrong API key: send Authorization: Bearer <key>",
-                               "type": "invalid_request_error", "code": "invalid_api_key"}},
-                    status_code=401, headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
-        too_big = JSONResponse({"error": {"message": f"request body over {self.limit} bytes",
-                                          "type": "invalid_request_error"}}, status_code=413)
+            given = [auth[7:].strip().encode() if auth.lower().startswith("bearer ") else b"",
+                     headers.get("x-api-key", "").strip().encode()]
+            if not any(hmac.compare_digest(g, k) for g in given if g for k in self.keys):
+                return await error_response(
+                    api, 401, "missing or wrong API key: send Authorization: Bearer <key> (or x-api-key: <key>)",
+                    code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        too_big = error_response(api, 413, f"request body over {self.limit} bytes")
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
             return await too_big(scope, receive, send)

@@ -133,9 +133,12 @@ class LocalServer:
 
 
 class OpenAIStub(LocalServer):
-    def __init__(self, reply: str | Callable[[dict[str, Any]], str] = "Action: look around", latency: float = 0.0,
+    def __init__(self, reply: str | Callable[[dict[str, Any]], str | dict] = "Action: look around", latency: float = 0.0,
                  failures: list[int | str | dict] | None = None, cached_tokens: int | None = None):
-        """`failures`: what to answer the first requests with, in order, before succeeding: an HTTP status,
+        """`reply`: the answer's text, or a function of the request returning the text or a whole assistant
+        message (e.g. with `tool_calls`: a scripted agent turn). A request with `stream: true` is answered as
+        OpenAI streams (server-sent chunks, the usage last when `stream_options.include_usage` asks for it).
+        `failures`: what to answer the first requests with, in order, before succeeding: an HTTP status,
         "empty" (200 with no choices), or {"status": 429, "headers": {"Retry-After": "2"}, "json": {...}}.
         `cached_tokens`: reported as the prompt tokens served from the provider's cache (as OpenAI does)."""
         self.reply = reply
@@ -164,8 +167,29 @@ class OpenAIStub(LocalServer):
                     self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
+                elif fault == 200 and body.get("stream"):
+                    self.stream(stub._payload(200, body), body)
                 else:
                     self.send(fault, stub._payload(fault, body))
+
+            def stream(self, payload: dict, body: dict) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "text/event-stream")
+                self.end_headers()
+                head = {k: payload[k] for k in ("id", "created", "model")} | {"object": "chat.completion.chunk"}
+                for choice in payload["choices"]:
+                    for delta in _deltas(choice["message"]):
+                        self.wfile.write(b"data: " + json.dumps(
+                            {**head, "choices": [{"index": choice["index"], "delta": delta, "finish_reason": None}]}
+                        ).encode() + b"\n\n")
+                    self.wfile.write(b"data: " + json.dumps({**head, "choices": [
+                        {"index": choice["index"], "delta": {}, "finish_reason": choice["finish_reason"]}]}).encode()
+                        + b"\n\n")
+                if (body.get("stream_options") or {}).get("include_usage"):
+                    self.wfile.write(b"data: " + json.dumps({**head, "choices": [], "usage": payload["usage"]}).encode()
+                                     + b"\n\n")
+                self.wfile.write(b"data: [DONE]\n\n")
+                self.wfile.flush()
 
             def do_GET(self):  # noqa: N802  (/v1/models, used as a health check)
                 self.send(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})
@@ -176,14 +200,15 @@ class OpenAIStub(LocalServer):
         if status != 200:
             return {"error": {"message": f"stub error {status}", "type": "rate_limit" if status == 429 else "server"}}
         n = body.get("n") or 1
-        text = self.reply(body) if callable(self.reply) else self.reply
+        reply = self.reply(body) if callable(self.reply) else self.reply
+        message = {"role": "assistant", **reply} if isinstance(reply, dict) else {"role": "assistant", "content": reply}
         return {
             "id": "stub",
             "object": "chat.completion",
             "created": 0,
             "model": body.get("model", "stub"),
             "choices": [
-                {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                {"index": i, "message": message, "finish_reason": "tool_calls" if message.get("tool_calls") else "stop"}
                 for i in range(n)
             ],
             "usage": {"prompt_tokens": 20, "completion_tokens": 4 * n, "total_tokens": 20 + 4 * n,
@@ -194,3 +219,37 @@ class OpenAIStub(LocalServer):
     @property
     def url(self) -> str:
         return f"{super().url}/v1"
+
+
+def _deltas(message: dict) -> list[dict]:
+    """A message as OpenAI streams it: the role, the text in a few pieces, then each tool call whole."""
+    text = message.get("content") or ""
+    pieces = [text[i:i + 8] for i in range(0, len(text), 8)]
+    out = [{"role": "assistant", "content": pieces[0] if pieces else ""}] + [{"content": p} for p in pieces[1:]]
+    out += [{"tool_calls": [{"index": i, **call}]} for i, call in enumerate(message.get("tool_calls") or [])]
+    return out
+
+
+# Claude Code, the real agent the gateway's tests run (npm); the version they were written against
+CLAUDE_CODE = "@anthropic-ai/claude-code@2.1.197"
+
+
+def claude_code(install: bool = True) -> tuple[str | None, str]:
+    """(path of the `claude` executable, "") or (None, why not). It lives in the cache (`claude-code/`), put there
+    by `scripts/install.sh --test` or, with `install`, here on first use (npm; once, about 20 s)."""
+    from agentdistill.paths import cache_dir
+
+    prefix = cache_dir() / "claude-code"
+    exe = prefix / "node_modules" / ".bin" / "claude"
+    if exe.exists():
+        return str(exe), ""
+    if not shutil.which("node") or not shutil.which("npm"):
+        return None, "Claude Code needs Node.js and npm (apt: nodejs npm)"
+    if not install:
+        return None, f"Claude Code is not installed in {prefix} (scripts/install.sh --test installs it)"
+    done = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--prefix", str(prefix), CLAUDE_CODE],
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode != 0 or not exe.exists():
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return None, f"npm could not install {CLAUDE_CODE} ({last})"
+    return str(exe), ""

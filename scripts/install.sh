@@ -70,6 +70,16 @@ sys.exit(not (built_with_openmp() or built_with_amx() or native_crash(resolve_gg
     $PY -m pip install -q --no-deps --force-reinstall "llama-cpp-python==$version"
 fi
 rm -f "$constraints"
+# Claude Code (npm), the real agent the gateway's tests run: into the cache, at the version the
+# tests were written against (agentdistill.testing.CLAUDE_CODE); without npm that test is skipped, saying why
+if [ "$TEST" = 1 ]; then
+  if command -v npm >/dev/null 2>&1; then
+    $PY -c "from agentdistill.testing import claude_code; import sys; exe, why = claude_code(); print(exe or why); sys.exit(exe is None)" \
+      || echo "Claude Code not installed: tests/test_gateway.py will skip its test"
+  else
+    echo "npm not found: tests/test_gateway.py will skip its Claude Code test (apt: nodejs npm)"
+  fi
+fi
 # ALFWorld's games: its sample games beside the clone (../shared/data/alfworld-sample, as CI lays it out) go
 # into the cache, where the adapter finds them when neither ALFWORLD_DATA nor the env option `data` is set.
 # Elsewhere: `alfworld-download` (the full release), then export ALFWORLD_DATA.

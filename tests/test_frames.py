@@ -138,7 +138,7 @@ def test_db_export_parquet(store_path, tmp_path, monkeypatch):
     assert not steps.observation.str.contains(secret, regex=False).any() and steps.observation.str.contains("sk-fram***", regex=False).any()
     # bad input: one line
     r = run_cli("db", "export", str(tmp_path / "x"), "--format", "arrow", "--db", db)
-    assert r.returncode == 2 and "use jsonl, hf or parquet" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "use jsonl, chat, hf or parquet" in r.stderr and "Traceback" not in r.stderr
     (tmp_path / "file").write_text("x")
     r = run_cli("db", "export", str(tmp_path / "file"), "--format", "parquet", "--db", db)
     assert r.returncode == 2 and "is a file" in r.stderr

@@ -22,6 +22,7 @@ def litellm_price(model_id: str) -> Price | None:
     """litellm's own price for a model id, or None when it does not know the model."""
     import litellm
 
+    litellm.suppress_debug_info = True  # else it prints a provider list on every unknown id
     try:
         info = litellm.get_model_info(model_id)
     except Exception:  # litellm raises a bare Exception for unmapped models

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import random
+import re
 import time
 from typing import Any
 
@@ -18,10 +19,16 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network fetc
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
+# litellm reports a key that was never given as a 500 ("Missing credentials"): asking again cannot help
+_NO_CREDENTIALS = re.compile(r"missing credentials|api_key client option must be set|no api key|incorrect api key|"
+                             r"invalid (x-)?api[-_ ]key", re.I)
 
 
 def is_retryable(exc: BaseException) -> bool:
     import litellm
+
+    if _NO_CREDENTIALS.search(str(exc)):
+        return False
 
     transient = (
         litellm.exceptions.RateLimitError,
