@@ -23,6 +23,7 @@ from collections import OrderedDict
 from typing import Any
 
 from agentdistill.gateway.errors import ANTHROPIC, GatewayError
+from agentdistill.importers.base import arguments_of
 
 SESSION_HEADER = "x-agentdistill-session"
 _SESSION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
@@ -50,17 +51,8 @@ def _text(content: Any) -> str:
     return str(content).strip()
 
 
-def _arguments(args: Any) -> Any:
-    if isinstance(args, str):
-        try:
-            return json.loads(args)
-        except ValueError:
-            return args
-    return args
-
-
 def _openai_key(m: dict[str, Any]) -> list:
-    calls = [[(c.get("function") or {}).get("name"), _arguments((c.get("function") or {}).get("arguments"))]
+    calls = [[(c.get("function") or {}).get("name"), arguments_of(c)]
              for c in m.get("tool_calls") or [] if isinstance(c, dict)]
     role = "system" if m.get("role") == "developer" else m.get("role")
     return [role, _text(m.get("content")), calls]
