@@ -253,3 +253,23 @@ def claude_code(install: bool = True) -> tuple[str | None, str]:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         return None, f"npm could not install {CLAUDE_CODE} ({last})"
     return str(exe), ""
+
+
+@contextmanager
+def serving(app):
+    """An ASGI `app` served by uvicorn on a free local port, in a thread, while in the block; yields its base
+    URL (the tests of `serve` and of the gateway)."""
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not server.started:
+        assert time.time() < deadline, "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

@@ -10,15 +10,13 @@ import json
 import os
 import sqlite3
 import subprocess
-import threading
 import time
-from contextlib import contextmanager
 
 import httpx
 import pytest
 
 from agentdistill.store.store import Store
-from agentdistill.testing import OpenAIStub, claude_code, free_port
+from agentdistill.testing import OpenAIStub, claude_code, free_port, serving
 
 KEY = "gw-test-key-" + "7" * 20
 SECRET = "sk-gatewaytest" + "9" * 24  # a secret in the gateway's environment, pasted into a prompt
@@ -293,25 +291,6 @@ def test_bad_input_is_a_4xx_in_each_apis_own_shape(gateway):
         anthropic.Anthropic(base_url=base, api_key=KEY).messages.create(
             model="m", max_tokens=0, messages=[{"role": "user", "content": "hi"}])
     assert httpx.get(base + "/health", headers=auth).json()["recording"]["dropped"] == 0
-
-
-@contextmanager
-def serving(app):
-    """`app` on a free local port, in a thread, while in the block; yields its base URL."""
-    import uvicorn
-
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{server.config.port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def test_permanent_upstream_errors_are_not_retried_transient_ones_are():

@@ -2,8 +2,6 @@
 a teacher behind litellm (the stand-in OpenAI server), called with the `openai` client and litellm."""
 
 import json
-import threading
-import time
 
 import httpx
 import pytest
@@ -11,7 +9,7 @@ import pytest
 from agentdistill.distill.icd import DemoIndex
 from agentdistill.models import make_model
 from agentdistill.serve import CascadeService, create_app
-from agentdistill.testing import OpenAIStub
+from agentdistill.testing import OpenAIStub, serving
 from tests.conftest import free_port
 
 
@@ -19,20 +17,6 @@ from tests.conftest import free_port
 def teacher():
     with OpenAIStub(reply="Thought: the teacher knows.\nAction: focus on electric motor") as stub:
         yield stub
-
-
-def _serve(service):
-    import uvicorn
-
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 30
-    while not server.started:
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.05)
-    return server, thread, f"http://127.0.0.1:{port}/v1"
 
 
 @pytest.fixture(scope="module")
@@ -54,8 +38,8 @@ def test_openai_client_gets_an_answer_and_who_gave_it(index, teacher, threshold,
     student = make_model("local/smollm2-135m")
     teacher_model = make_model("openai/stub-teacher", api_base=teacher.url)
     service = CascadeService(student, teacher_model, index, samples=2, threshold=threshold, temperature=0.0)
-    server, thread, base = _serve(service)
-    try:
+    with serving(create_app(service)) as root:
+        base = f"{root}/v1"
         client = OpenAI(base_url=base, api_key="unused")
         resp = client.chat.completions.create(model="agentdistill-cascade", messages=MESSAGES, max_tokens=20)
         extra = resp.model_extra["agentdistill"]
@@ -75,9 +59,6 @@ def test_openai_client_gets_an_answer_and_who_gave_it(index, teacher, threshold,
         assert via_litellm.choices[0].message.content
         r = httpx.post(f"{base}/chat/completions", json={"messages": MESSAGES, "stream": True})
         assert r.status_code == 400 and "stream" in r.text
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 def test_api_keys_are_checked_on_every_request_and_bodies_are_bounded(teacher):
@@ -91,17 +72,8 @@ def test_api_keys_are_checked_on_every_request_and_bodies_are_bounded(teacher):
         service = CascadeService(student, teacher_model, None, samples=2, threshold=0.0)
         from agentdistill.serve import create_app
 
-        import uvicorn
-
-        port = free_port()
-        server = uvicorn.Server(uvicorn.Config(create_app(service, api_keys=[key], max_request_bytes=4096),
-                                               host="127.0.0.1", port=port, log_level="warning"))
-        thread = threading.Thread(target=server.run, daemon=True)
-        thread.start()
-        while not server.started:
-            time.sleep(0.05)
-        base = f"http://127.0.0.1:{port}/v1"
-        try:
+        with serving(create_app(service, api_keys=[key], max_request_bytes=4096)) as root:
+            base = f"{root}/v1"
             for bad in (None, "Bearer wrong-key-wrong-key-wrong", f"Basic {key}"):
                 r = httpx.post(f"{base}/chat/completions", json={"messages": MESSAGES},
                                headers={"Authorization": bad} if bad else {})
@@ -126,9 +98,6 @@ def test_api_keys_are_checked_on_every_request_and_bodies_are_bounded(teacher):
             r = httpx.post(f"{base}/chat/completions", content=chunks(json.dumps({"messages": MESSAGES}).encode()),
                            headers=auth)
             assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "Action: look around"
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
 
 
 def test_serve_refuses_to_bind_beyond_localhost_without_a_key():
@@ -149,13 +118,10 @@ def test_a_teacher_that_fails_for_good_is_a_502_in_openai_form_and_one_log_line(
         student = make_model("openai/stub-student", api_base=student_stub.url, max_retries=0)
         dead = make_model("openai/dead-teacher", api_base=f"http://127.0.0.1:{free_port()}/v1", max_retries=0)
         service = CascadeService(student, dead, samples=2, threshold=1.0, temperature=0.0)  # always defers
-        server, thread, base = _serve(service)
-        try:
+        with serving(create_app(service)) as root:
+            base = f"{root}/v1"
             with caplog.at_level("WARNING"):
                 r = httpx.post(f"{base}/chat/completions", json={"messages": MESSAGES}, timeout=60)
-        finally:
-            server.should_exit = True
-            thread.join(timeout=10)
     assert r.status_code == 502, r.text
     error = r.json()["error"]
     assert error["type"] == "upstream_error" and "dead-teacher" in error["message"] and "\n" not in error["message"]
