@@ -272,7 +272,7 @@ def import_cmd(
     """
     from agentdistill.importers import import_files
 
-    result = import_files(_store(db), paths, format, tag, role, on_file=_print_import)
+    result = import_files(lambda: _store(db), paths, format, tag, role, on_file=_print_import)  # store opened after the checks
     totals = {k: sum(getattr(f, k) for f in result.files) for k in ("added", "replaced", "unchanged", "steps", "n_bad")}
     failed = len(result.failed)
     console.print(f"{'run ' + result.run_id if result.run_id else 'nothing new'}: {_n(totals['added'], 'session')} "

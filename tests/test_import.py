@@ -381,3 +381,8 @@ def test_cli_import_reports_each_file_and_bad_lines(tmp_path):
     p = run_cli("import", str(INSPECT), "--format", "codex", "--db", db, timeout=300)
     assert p.returncode == 1 and "failed:" in p.stderr and "(nothing of it written)" in p.stderr
     assert "Traceback" not in p.stderr
+    # a bad argument fails before any store is created
+    fresh = tmp_path / "never.db"
+    for args in ([str(tmp_path / "nope.jsonl")], [str(CHAT), "--format", "nope"], [str(CHAT), "--role", "judge"]):
+        p = run_cli("import", *args, "--db", str(fresh), timeout=300)
+        assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and not fresh.exists(), p.stderr

@@ -13,6 +13,7 @@ writer.py stores each file in one transaction (all of it or nothing), each sessi
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,10 +77,11 @@ class ImportResult:
         return [f for f in self.files if f.error]
 
 
-def import_files(store: Store, paths: list[Path], fmt: str = "auto", tags: list[str] | None = None,
-                 role: str = "teacher", on_file=None) -> ImportResult:
+def import_files(store: Store | Callable[[], Store], paths: list[Path], fmt: str = "auto",
+                 tags: list[str] | None = None, role: str = "teacher", on_file=None) -> ImportResult:
     """Import each file (directories: the trace files under them) as format `fmt` ("auto": detected per file),
-    all under one run of kind "import". `on_file(report)` is called as each file is done."""
+    all under one run of kind "import". `on_file(report)` is called as each file is done. `store` may be a
+    function that opens it: then bad arguments (format, role, paths) fail before a store is created."""
     if fmt != "auto" and fmt not in FORMATS:
         raise AgentDistillError(f"--format {fmt!r}: use auto, {', '.join(FORMATS)}")
     if role not in ("teacher", "student"):
@@ -88,6 +90,8 @@ def import_files(store: Store, paths: list[Path], fmt: str = "auto", tags: list[
     if not files:
         raise AgentDistillError("no trace files found (.jsonl, .json, .eval) in the paths given")
     tags = [t.strip() for t in tags or [] if t.strip()]
+    if callable(store):
+        store = store()
     run = ImportRun(store, f"import ({fmt}): {files[0][0].name}" + (f" and {len(files) - 1} more" if len(files) > 1 else ""),
                     {"import": {"paths": [str(p) for p in paths], "format": fmt, "tags": tags, "role": role}})
     result = ImportResult(None)
